@@ -1,0 +1,723 @@
+"""Recording pre-activations and the linearized forward of piecewise-linear networks.
+
+A network built from affine maps and ReLU / LeakyReLU activations is affine once
+its activation pattern is frozen. This module runs a network on a batch, records the
+pre-activation ``z_u(x)`` of every hidden unit (every input of a ReLU or LeakyReLU),
+and pushes tangent directions ``v`` through the network with the pattern frozen, which
+gives the directional derivatives ``g_u(x) . v`` of every unit at once, without one
+backward pass per unit (DESIGN section 3).
+
+Two engines produce the same :class:`Linearization`:
+
+* a fast path for plain chains of ``nn.Linear`` and activations (``nn.Sequential``,
+  including :class:`sklearn_roll.nn.MLP`), which propagates the Jacobian layer by
+  layer as large matrix products and, for l2 norms, works in the row space of the
+  first layer (``W1 = R^T Q^T``), so its cost does not grow with the input dimension;
+* a general path for any module, which uses forward-mode automatic differentiation
+  (:func:`torch.func.jvp` under :func:`torch.func.vmap`) while a
+  :class:`~torch.overrides.TorchFunctionMode` records activations and refuses every
+  operation the certificates cannot model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import math
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import jvp, vmap
+from torch.overrides import TorchFunctionMode, resolve_name
+
+__all__ = [
+    "Linearization",
+    "UnsupportedOperationError",
+    "check_supported",
+    "linearize",
+    "record",
+    "unit_mask",
+]
+
+
+class UnsupportedOperationError(ValueError):
+    """Raised when a module uses an operation the certificates cannot model."""
+
+
+_UNIT_MASK: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar(
+    "sklearn_roll_unit_mask", default=None
+)
+
+
+@contextlib.contextmanager
+def unit_mask(mask: Tensor) -> Iterator[None]:
+    """Count only some units of the activations applied inside the block.
+
+    Sequence modules use it so that hidden units at padded time steps never enter a
+    margin, a gradient or the loss. Outside a recording it does nothing.
+
+    Parameters
+    ----------
+    mask : Tensor of bool
+        Broadcastable to the pre-activation passed to each activation in the block;
+        True marks the units that count.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.nn import unit_mask
+    >>> pre = torch.randn(3, 4)
+    >>> valid = torch.tensor([True, True, False])
+    >>> with unit_mask(valid[:, None]):
+    ...     h = torch.relu(pre)
+    """
+    token = _UNIT_MASK.set(mask)
+    try:
+        yield
+    finally:
+        _UNIT_MASK.reset(token)
+
+
+@dataclasses.dataclass
+class Linearization:
+    """Unit pre-activations and their directional derivatives at a batch of points.
+
+    Each list holds one entry per recorded activation call (a layer, or a layer at
+    one time step), with the units of that call flattened.
+
+    Attributes
+    ----------
+    output : Tensor of shape (n, n_outputs)
+        The network's output (logits) at the points.
+    pre : list of Tensor of shape (n, u)
+        Pre-activations ``z_u(x)``.
+    counted : list of (Tensor of bool, shape (n, u)) or None
+        Which units count (False at padded time steps); None means all of them.
+    negative_slopes : list of float
+        Slope of each call's activation below zero (0 for ReLU).
+    pre_tangents : list of Tensor of shape (n, u, k), or None
+        ``g_u(x) . v_j`` for the k tangent directions.
+    output_tangents : Tensor of shape (n, n_outputs, k), or None
+        Directional derivatives of the output.
+    """
+
+    output: Tensor
+    pre: list[Tensor]
+    counted: list[Tensor | None]
+    negative_slopes: list[float]
+    pre_tangents: list[Tensor] | None = None
+    output_tangents: Tensor | None = None
+
+    @property
+    def n_units(self) -> int:
+        """Number of units per example, padded ones included."""
+        return sum(z.shape[1] for z in self.pre)
+
+
+# --------------------------------------------------------------------------- ops
+
+_MAX_POOL = (
+    "max pooling is piecewise linear, but the certificates do not model its "
+    "switching between inputs; use average pooling (nn.AvgPool2d) or a strided "
+    "convolution instead"
+)
+_SMOOTH = "it is not piecewise linear; use nn.ReLU or nn.LeakyReLU instead"
+_BRANCH = (
+    "it makes a data-dependent choice that the certificates do not model; express "
+    "the nonlinearity with nn.ReLU or nn.LeakyReLU instead"
+)
+_NORM = (
+    "it divides by statistics of the input, which is not piecewise linear; remove "
+    "it, or use BatchNorm in eval mode"
+)
+_SOFTMAX = (
+    "return logits from the module instead: the estimator applies the softmax "
+    "itself in predict_proba"
+)
+_BN_TRAIN = (
+    "BatchNorm in training mode normalises by the statistics of the batch, which "
+    "couples the examples and is not piecewise linear; keep the BatchNorm layers "
+    "in eval mode (frozen) or remove them"
+)
+_CUT = "it cuts the input gradient, so the linearization would be wrong; remove it"
+_PRODUCT = (
+    "it multiplies two input-dependent tensors, which is not piecewise linear; "
+    "one factor must not depend on the input"
+)
+_DIVISOR = "it divides by an input-dependent tensor, which is not piecewise linear"
+
+_ACTIVATIONS = {"relu", "leaky_relu"}
+
+_REFUSED: dict[str, str] = {}
+for _name in (
+    "max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices "
+    "max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d "
+    "adaptive_max_pool1d_with_indices adaptive_max_pool2d_with_indices "
+    "adaptive_max_pool3d_with_indices fractional_max_pool2d fractional_max_pool3d "
+    "max_unpool1d max_unpool2d max_unpool3d lp_pool1d lp_pool2d lp_pool3d"
+).split():
+    _REFUSED[_name] = _MAX_POOL
+for _name in (
+    "tanh sigmoid gelu softplus silu elu selu celu mish hardswish hardsigmoid "
+    "logsigmoid softsign tanhshrink exp exp2 log log1p log2 log10 expm1 sqrt rsqrt "
+    "pow square sin cos tan erf erfc reciprocal glu rrelu logit norm std var "
+    "logsumexp prod cumprod prelu sinh cosh asinh atan"
+).split():
+    _REFUSED[_name] = _SMOOTH
+for _name in (
+    "abs absolute clamp clip clamp_min clamp_max max min maximum minimum fmax fmin "
+    "amax amin aminmax sign sgn signbit floor ceil round trunc frac fix sort topk "
+    "argmax argmin argsort gt lt ge le eq ne greater less greater_equal less_equal "
+    "not_equal equal heaviside hardtanh relu6 threshold hardshrink softshrink median "
+    "nanmedian mode kthvalue quantile nanquantile cummax cummin any all remainder "
+    "fmod floor_divide nonzero unique bucketize searchsorted"
+).split():
+    _REFUSED[_name] = _BRANCH
+for _name in "layer_norm group_norm instance_norm local_response_norm normalize rms_norm".split():
+    _REFUSED[_name] = _NORM
+for _name in "softmax log_softmax softmin".split():
+    _REFUSED[_name] = _SOFTMAX
+for _name in "detach data.__get__ item tolist numpy".split():
+    _REFUSED[_name] = _CUT
+
+# Operations that stay affine in an input-dependent argument (products are checked
+# separately below, so that at most one factor depends on the input).
+_AFFINE = set(
+    (
+        "linear conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d "
+        "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d "
+        "adaptive_avg_pool3d dropout dropout1d dropout2d dropout3d alpha_dropout "
+        "feature_alpha_dropout batch_norm pad flatten unflatten view view_as reshape "
+        "reshape_as permute transpose swapaxes swapdims movedim moveaxis t T.__get__ "
+        "mT.__get__ contiguous unsqueeze squeeze expand expand_as broadcast_to repeat "
+        "tile repeat_interleave __getitem__ __setitem__ narrow select index_select "
+        "masked_select take gather split split_with_sizes chunk unbind tensor_split cat "
+        "concat concatenate stack hstack vstack dstack flip fliplr flipud roll diagonal "
+        "diag_embed tril triu add sub rsub neg negative positive sum mean nansum cumsum "
+        "where masked_fill nan_to_num clone to float double type_as copy_ unfold fold "
+        "pixel_shuffle pixel_unshuffle channel_shuffle atleast_1d atleast_2d atleast_3d "
+        "mul matmul mm bmm mv einsum div rdiv"
+    ).split()
+)
+_PRODUCTS = {
+    "mul",
+    "matmul",
+    "mm",
+    "bmm",
+    "mv",
+    "einsum",
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+}
+# Outputs of these carry no continuous dependence on the input (shapes, NaN masks,
+# freshly allocated tensors), so they are treated as constants.
+_CONSTANT_OUTPUT = set(
+    (
+        "isnan isfinite isinf isneginf isposinf size dim numel nelement __len__ stride "
+        "shape.__get__ dtype.__get__ device.__get__ ndim.__get__ layout.__get__ "
+        "requires_grad.__get__ is_cuda.__get__ names.__get__ is_leaf.__get__ "
+        "grad_fn.__get__ is_floating_point is_complex is_contiguous element_size "
+        "get_device zeros_like ones_like empty_like full_like rand_like randn_like "
+        "new_zeros new_ones new_full new_empty new_tensor"
+    ).split()
+)
+_DUNDER = {
+    "__add__": "add",
+    "__radd__": "add",
+    "__iadd__": "add",
+    "__sub__": "sub",
+    "__rsub__": "sub",
+    "__isub__": "sub",
+    "__mul__": "mul",
+    "__rmul__": "mul",
+    "__imul__": "mul",
+    "__truediv__": "div",
+    "__itruediv__": "div",
+    "__div__": "div",
+    "__idiv__": "div",
+    "__rtruediv__": "rdiv",
+    "__rdiv__": "rdiv",
+    "__matmul__": "matmul",
+    "__rmatmul__": "matmul",
+    "__neg__": "neg",
+    "__pos__": "positive",
+    "__abs__": "abs",
+    "__pow__": "pow",
+    "__rpow__": "pow",
+    "__ipow__": "pow",
+    "__floordiv__": "floor_divide",
+    "__rfloordiv__": "floor_divide",
+    "__mod__": "remainder",
+    "__rmod__": "remainder",
+    "__gt__": "gt",
+    "__lt__": "lt",
+    "__ge__": "ge",
+    "__le__": "le",
+    "__eq__": "eq",
+    "__ne__": "ne",
+}
+_INPLACE_DUNDER = {
+    "__iadd__",
+    "__isub__",
+    "__imul__",
+    "__itruediv__",
+    "__idiv__",
+    "__ipow__",
+    "__setitem__",
+}
+_PREFIXES = (
+    "torch.nn.functional.",
+    "torch.Tensor.",
+    "torch._C._nn.",
+    "torch.linalg.",
+    "torch.special.",
+    "torch.",
+)
+
+_OP_CACHE: dict[Any, tuple[str, str, bool]] = {}
+
+
+def _classify(func: Any) -> tuple[str, str, bool]:
+    """Return (display name, canonical name, in-place) of a torch function."""
+    try:
+        return _OP_CACHE[func]
+    except (KeyError, TypeError):
+        pass
+    full = resolve_name(func) or getattr(func, "__name__", repr(func))
+    short = full
+    for prefix in _PREFIXES:
+        if short.startswith(prefix):
+            short = short[len(prefix) :]
+            break
+    inplace = short in _INPLACE_DUNDER
+    if short.startswith("__") and short.endswith("__"):
+        base = _DUNDER.get(short, short)
+    elif short.endswith("_") and not short.endswith("__"):
+        base, inplace = short[:-1], True
+    else:
+        base = short
+    result = (short, base, inplace)
+    try:
+        _OP_CACHE[func] = result
+    except TypeError:
+        pass
+    return result
+
+
+def _tensors(obj: Any) -> Iterator[Tensor]:
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+class _Recorder(TorchFunctionMode):
+    """Record activations and check every operation that touches the input.
+
+    Dependence on the input is tracked by identity: the input is dependent, and so is
+    every output of an operation with a dependent argument (shape queries, NaN masks
+    and newly allocated tensors excepted). Operations on parameters alone (weight
+    parametrizations, masks) pass unchecked.
+    """
+
+    def __init__(self, module: nn.Module, inputs: Tensor) -> None:
+        super().__init__()
+        self.module = module
+        self.pre: list[Tensor] = []
+        self.masks: list[Tensor | None] = []
+        self.negative_slopes: list[float] = []
+        self._dependent: dict[int, weakref.ref] = {}
+        self._scope: list[tuple[str, nn.Module]] = []
+        self._hooks: list[Any] = []
+        self._n = inputs.shape[0]
+        self._mark(inputs)
+
+    def __enter__(self) -> _Recorder:
+        for name, sub in self.module.named_modules():
+            self._hooks.append(sub.register_forward_pre_hook(self._enter_scope(name, sub)))
+            self._hooks.append(sub.register_forward_hook(self._leave_scope))
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        return super().__exit__(*exc)
+
+    def _enter_scope(self, name: str, sub: nn.Module):
+        def hook(module: nn.Module, args: Any) -> None:
+            self._scope.append((name, sub))
+
+        return hook
+
+    def _leave_scope(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._scope:
+            self._scope.pop()
+
+    def _mark(self, obj: Any) -> None:
+        for tensor in _tensors(obj):
+            self._dependent[id(tensor)] = weakref.ref(tensor)
+
+    def _is_dependent(self, tensor: Tensor) -> bool:
+        ref = self._dependent.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    def _where(self) -> str:
+        for name, sub in reversed(self._scope):
+            if name:
+                return f" in layer '{name}' ({type(sub).__name__})"
+        return f" in {type(self.module).__name__}.forward"
+
+    def _refuse(self, op: str, reason: str) -> None:
+        raise UnsupportedOperationError(f"Unsupported operation '{op}'{self._where()}: {reason}.")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        dependent = [t for t in _tensors((args, kwargs)) if self._is_dependent(t)]
+        if not dependent:
+            return func(*args, **kwargs)
+        short, base, inplace = _classify(func)
+        if base in _CONSTANT_OUTPUT:
+            return func(*args, **kwargs)
+        if base in _ACTIVATIONS:
+            return self._activation(func, base, inplace, args, kwargs)
+        self._check(func, short, base, args, kwargs, dependent)
+        out = func(*args, **kwargs)
+        self._mark(out)
+        if inplace and args:
+            self._mark(args[0])
+        return out
+
+    def _check(self, func, short, base, args, kwargs, dependent) -> None:
+        if base in _REFUSED:
+            self._refuse(short, _REFUSED[base])
+        if base == "batch_norm":
+            training = args[5] if len(args) > 5 else kwargs.get("training", False)
+            if training:
+                self._refuse("batch_norm (training mode)", _BN_TRAIN)
+            return
+        if base in _PRODUCTS and len(dependent) > 1:
+            self._refuse(short, _PRODUCT)
+        if base == "div" and len(args) > 1 and isinstance(args[1], Tensor):
+            if self._is_dependent(args[1]):
+                self._refuse(short, _DIVISOR)
+        if base == "rdiv" and self._is_dependent(args[0]):
+            self._refuse(short, _DIVISOR)
+        if base not in _AFFINE:
+            self._refuse(
+                short,
+                "it is not among the operations sklearn-roll knows to be affine or "
+                "piecewise linear (affine layers, average pooling, residual sums, "
+                "Dropout, eval-mode BatchNorm, ReLU and LeakyReLU; see sklearn_roll.nn)",
+            )
+
+    def _activation(self, func, base, inplace, args, kwargs):
+        z = args[0] if args else kwargs["input"]
+        if base == "relu":
+            slope = 0.0
+            inplace = inplace or bool(args[1] if len(args) > 1 else kwargs.get("inplace", False))
+        else:
+            slope = float(args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01))
+            inplace = inplace or bool(args[2] if len(args) > 2 else kwargs.get("inplace", False))
+        if z.dim() == 0 or z.shape[0] != self._n:
+            self._refuse(
+                base,
+                "its input does not have the batch dimension first, so its units "
+                "cannot be attributed to examples",
+            )
+        mask = _UNIT_MASK.get()
+        self.pre.append(z.clone() if inplace else z)
+        self.masks.append(None if mask is None else mask.expand(z.shape))
+        self.negative_slopes.append(slope)
+        out = func(*args, **kwargs)
+        self._mark(out)
+        return out
+
+
+def _first_output(out: Any) -> Tensor:
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, Tensor):
+        raise TypeError(f"The module must return a tensor, got {type(out).__name__}.")
+    return out.reshape(out.shape[0], -1)
+
+
+def _flat(t: Tensor, n: int) -> Tensor:
+    return t.reshape(n, -1)
+
+
+# ------------------------------------------------------------------ linear chains
+
+
+def _as_chain(module: nn.Module) -> list[tuple[nn.Linear, float | None]] | None:
+    """Return the (Linear, slope) layers of a plain Linear/activation chain, or None.
+
+    The slope is the activation's slope below zero, None for the output layer.
+    """
+    if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
+        return None
+    if module._forward_hooks or module._forward_pre_hooks:
+        return None
+    chain: list[list[Any]] = []
+    for layer in module:
+        if layer._forward_hooks or layer._forward_pre_hooks:
+            return None
+        if type(layer) is nn.Linear:
+            if chain and chain[-1][1] is None:
+                return None
+            chain.append([layer, None])
+        elif type(layer) in (nn.ReLU, nn.LeakyReLU):
+            if not chain or chain[-1][1] is not None:
+                return None
+            chain[-1][1] = 0.0 if type(layer) is nn.ReLU else float(layer.negative_slope)
+        elif type(layer) is nn.Identity or (
+            type(layer) is nn.Dropout and (not layer.training or layer.p == 0)
+        ):
+            continue
+        else:
+            return None
+    if not chain or chain[-1][1] is not None:
+        return None
+    return [(layer, slope) for layer, slope in chain]
+
+
+def _slopes(z: Tensor, negative_slope: float) -> Tensor:
+    """Frozen activation slopes: 1 where z > 0, else the slope below zero."""
+    return torch.where(z > 0, 1.0, negative_slope).to(z.dtype)
+
+
+def _chain_linearize(
+    chain: list[tuple[nn.Linear, float | None]], x: Tensor, tangents: str | Tensor | None
+) -> Linearization:
+    """Linearize a Linear/activation chain by explicit Jacobian propagation.
+
+    Tangent images are kept in the layout (units, n, k) so that each layer is one
+    large matrix product ``W @ T`` over all examples and tangents.
+    """
+    n = x.shape[0]
+    h = x.reshape(n, -1)
+    pre: list[Tensor] = []
+    pre_tangents: list[Tensor] = []
+    slopes: list[float] = []
+    T: Tensor | None = None
+    output = output_t = None
+    for linear, slope in chain:
+        z = F.linear(h, linear.weight, linear.bias)
+        if tangents is not None:
+            W = linear.weight
+            if T is None:
+                T = _first_tangents(W, h, tangents)
+            else:
+                T = (W @ T.reshape(T.shape[0], -1)).reshape(W.shape[0], n, -1)
+        if slope is None:
+            output, output_t = z, None if T is None else T.permute(1, 0, 2)
+            break
+        pre.append(z)
+        slopes.append(slope)
+        s = _slopes(z, slope)
+        if T is not None:
+            pre_tangents.append(T.permute(1, 0, 2))
+            T = T * s.T[:, :, None]
+        h = F.leaky_relu(z, slope) if slope else F.relu(z)
+    return Linearization(
+        output=output,
+        pre=pre,
+        counted=[None] * len(pre),
+        negative_slopes=slopes,
+        pre_tangents=pre_tangents if tangents is not None else None,
+        output_tangents=output_t,
+    )
+
+
+def _first_tangents(W: Tensor, h: Tensor, tangents: str | Tensor) -> Tensor:
+    n = h.shape[0]
+    if isinstance(tangents, Tensor):
+        return torch.einsum("hd,knd->hnk", W, tangents.reshape(tangents.shape[0], n, -1))
+    if tangents == "l2" and W.shape[1] > W.shape[0]:
+        # Row norms of J = M W equal those of M W Q when the columns of Q span the
+        # row space of W. Q is held constant: the gradient of ||M W Q|| with
+        # respect to W is then still exact, since W Q Q^T = W.
+        with torch.no_grad():
+            Q = torch.linalg.qr(W.T).Q
+        W = W @ Q
+    return W[:, None, :].expand(-1, n, -1)
+
+
+# ------------------------------------------------------------------ general path
+
+
+def _record_call(module: nn.Module, x: Tensor) -> tuple[Tensor, _Recorder]:
+    recorder = _Recorder(module, x)
+    with recorder:
+        out = module(x)
+    return _first_output(out), recorder
+
+
+def _general_linearize(module: nn.Module, x: Tensor, tangents: Tensor) -> Linearization:
+    n = x.shape[0]
+    meta: dict[str, Any] = {}
+
+    def f(inp: Tensor):
+        out, rec = _record_call(module, inp)
+        meta["slopes"] = rec.negative_slopes
+        meta["masked"] = [i for i, m in enumerate(rec.masks) if m is not None]
+        masks = tuple(rec.masks[i].to(out.dtype) for i in meta["masked"])
+        return out, tuple(rec.pre), masks
+
+    if tangents.shape[0] == 1:
+        primal, tangent = jvp(f, (x,), (tangents[0],))
+        primal = _map(lambda t: t, primal)
+        tangent = _map(lambda t: t.unsqueeze(0), tangent)
+    else:
+        primal, tangent = vmap(lambda v: jvp(f, (x,), (v,)), randomness="same")(tangents)
+        primal = _map(lambda t: t[0], primal)
+    (out, pre, masks), (out_t, pre_t, _) = primal, tangent
+    counted: list[Tensor | None] = [None] * len(pre)
+    for i, m in zip(meta["masked"], masks):
+        counted[i] = _flat(m, n) > 0.5
+    k = tangents.shape[0]
+    return Linearization(
+        output=out,
+        pre=[_flat(z, n) for z in pre],
+        counted=counted,
+        negative_slopes=list(meta["slopes"]),
+        pre_tangents=[t.reshape(k, n, -1).permute(1, 2, 0) for t in pre_t],
+        output_tangents=out_t.reshape(k, n, -1).permute(1, 2, 0),
+    )
+
+
+def _map(fn, tree):
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_map(fn, item) for item in tree)
+    return fn(tree)
+
+
+# ------------------------------------------------------------------ public API
+
+
+def record(module: nn.Module, x: Tensor) -> Linearization:
+    """Run ``module`` on ``x`` and record every unit's pre-activation.
+
+    Parameters
+    ----------
+    module : nn.Module
+        A piecewise-linear network; its first output is taken as the logits.
+    x : Tensor of shape (n, ...)
+        A batch of inputs in the layout the module expects.
+
+    Returns
+    -------
+    Linearization
+        With ``pre_tangents`` and ``output_tangents`` left None.
+
+    Raises
+    ------
+    UnsupportedOperationError
+        If the module applies an operation to input-dependent values that is not
+        affine, ReLU or LeakyReLU.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.nn import MLP
+    >>> from sklearn_roll.linearize import record
+    >>> lin = record(MLP(4, 3, hidden_layer_sizes=(5, 6)), torch.randn(2, 4))
+    >>> [z.shape for z in lin.pre]
+    [torch.Size([2, 5]), torch.Size([2, 6])]
+    """
+    chain = _as_chain(module)
+    if chain is not None and x.dim() == 2:
+        return _chain_linearize(chain, x, None)
+    out, rec = _record_call(module, x)
+    n = x.shape[0]
+    return Linearization(
+        output=out,
+        pre=[_flat(z, n) for z in rec.pre],
+        counted=[None if m is None else _flat(m, n) for m in rec.masks],
+        negative_slopes=rec.negative_slopes,
+    )
+
+
+def check_supported(module: nn.Module, x: Tensor) -> None:
+    """Raise :class:`UnsupportedOperationError` if ``module`` cannot be certified.
+
+    Runs the module once on ``x`` under the recording mode, which refuses max
+    pooling, smooth activations, normalisation by input statistics, train-mode
+    BatchNorm, products of input-dependent tensors and unknown operations, naming
+    the layer.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network to check.
+    x : Tensor of shape (n, ...)
+        A few inputs in the layout the module expects.
+    """
+    if _as_chain(module) is not None and x.dim() == 2:
+        return
+    with torch.no_grad():
+        _record_call(module, x)
+
+
+def basis_tangents(x: Tensor) -> Tensor:
+    """The standard basis of the input space, one tangent batch per axis.
+
+    Returns a (D, n, ...) tensor, stride-0 along the batch so it costs D^2 memory.
+    """
+    n = x.shape[0]
+    d = math.prod(x.shape[1:])
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    return eye.reshape(d, 1, *x.shape[1:]).expand(d, n, *x.shape[1:])
+
+
+def linearize(module: nn.Module, x: Tensor, tangents: str | Tensor = "basis") -> Linearization:
+    """Pre-activations and their derivatives along tangent directions.
+
+    Parameters
+    ----------
+    module : nn.Module
+        A piecewise-linear network.
+    x : Tensor of shape (n, ...)
+        The points.
+    tangents : {"basis", "l2"} or Tensor of shape (k, n, ...)
+        ``"basis"``: the standard basis of the input space, so ``pre_tangents``
+        holds the full unit gradients ``g_u(x)``. ``"l2"``: any basis that preserves
+        l2 norms and inner products of unit gradients; for Linear chains this is the
+        row space of the first layer, of dimension ``min(D, width)``, else the
+        standard basis. A tensor: explicit directions, one per example.
+
+    Returns
+    -------
+    Linearization
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.nn import MLP
+    >>> from sklearn_roll.linearize import linearize
+    >>> lin = linearize(MLP(4, 3, hidden_layer_sizes=(5,)), torch.randn(2, 4))
+    >>> lin.pre_tangents[0].shape
+    torch.Size([2, 5, 4])
+    """
+    chain = _as_chain(module)
+    if chain is not None and x.dim() == 2:
+        return _chain_linearize(chain, x, tangents)
+    if isinstance(tangents, str):
+        if tangents not in ("basis", "l2"):
+            raise ValueError(f"tangents must be 'basis', 'l2' or a tensor, got {tangents!r}.")
+        tangents = basis_tangents(x)
+    return _general_linearize(module, x, tangents)
