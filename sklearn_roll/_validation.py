@@ -7,12 +7,14 @@ Three kinds of input, fixed at fit:
   scikit-learn);
 * ``"sequence"``: a 3-D array (n_samples, n_timesteps, n_channels) in which trailing
   all-NaN time steps mark the end of shorter sequences, or a list of 2-D arrays
-  (T_i, n_channels); both become one NaN-padded float32 array;
+  (T_i, n_channels); both become one NaN-padded array;
 * ``"image"``: a 4-D array (n_samples, channels, height, width), or a 2-D array of
   flattened images with the estimator's ``input_shape``.
 
-Every conversion returns the float32 array and a ``restore`` function that maps an
-array of the same shape (gradients, bounds) back to the layout the user passed.
+Every conversion returns a C-contiguous float array (float32 input stays float32,
+anything else becomes float64, so certificates in float64 concern the exact points
+the user passed) and a ``restore`` function that maps an array of the same shape
+(gradients, bounds) back to the layout the user passed.
 """
 
 from __future__ import annotations
@@ -41,9 +43,17 @@ def _is_sequence_list(X: Any) -> bool:
     return all(np.ndim(x) == 2 for x in X)
 
 
+def _ndim(X: Any) -> int:
+    if _is_sequence_list(X):
+        return 3
+    if hasattr(X, "shape"):
+        return len(X.shape)
+    return np.asarray(X).ndim
+
+
 def infer_kind(module: Any, X: Any, input_shape: Any) -> str:
     """The kind of input a fit sets up, from the module and the data's shape."""
-    ndim = 3 if _is_sequence_list(X) else np.ndim(X) if not hasattr(X, "shape") else len(X.shape)
+    ndim = _ndim(X)
     if module in _SEQUENCE_MODULES:
         if ndim != 3:
             raise ValueError(
@@ -59,12 +69,13 @@ def infer_kind(module: Any, X: Any, input_shape: Any) -> str:
             f"with input_shape=(channels, height, width); got {ndim}-D input"
             + ("." if input_shape is not None else " and no input_shape.")
         )
-    if module == "mlp" and ndim != 2:
+    if module == "mlp" and ndim > 2:
         raise ValueError(
             f"module='mlp' expects 2-D input (n_samples, n_features); got {ndim}-D input. "
             "Use module='rnn' for sequences or module='cnn' for images."
         )
-    if ndim == 2:
+    if ndim <= 2:
+        # validate_data explains how to reshape 1-D input.
         return "tabular"
     if ndim == 3:
         return "sequence"
@@ -78,7 +89,7 @@ def check_tabular(estimator: Any, X: Any, reset: bool) -> tuple[np.ndarray, Rest
     x = validate_data(
         estimator, X, reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=1
     )
-    return np.ascontiguousarray(x, dtype=np.float32), _identity
+    return np.ascontiguousarray(x), _identity
 
 
 def _as_float_array(x: Any, what: str) -> np.ndarray:
@@ -162,14 +173,14 @@ def check_sequences(estimator: Any, X: Any, reset: bool) -> tuple[np.ndarray, Re
             f"X has {n_channels} channels, but {type(estimator).__name__} is expecting "
             f"{estimator.n_features_in_} channels as input."
         )
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x)
     if not from_list:
-        return x32, _identity
+        return x, _identity
 
     def restore(a: np.ndarray) -> list[np.ndarray]:
         return [a[i, :n] for i, n in enumerate(lengths)]
 
-    return x32, restore
+    return x, restore
 
 
 def check_images(
@@ -204,10 +215,10 @@ def check_images(
             f"X has images of shape {tuple(x.shape[1:])}, but {type(estimator).__name__} was "
             f"fitted on images of shape {estimator.image_shape_}."
         )
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x)
     if not flat:
-        return x32, _identity
-    return x32, lambda a: a.reshape(len(a), -1)
+        return x, _identity
+    return x, lambda a: a.reshape(len(a), -1)
 
 
 def check_input(estimator: Any, X: Any, reset: bool) -> tuple[np.ndarray, Restore]:
@@ -216,10 +227,10 @@ def check_input(estimator: Any, X: Any, reset: bool) -> tuple[np.ndarray, Restor
         estimator.input_kind_ = infer_kind(estimator.module, X, estimator.input_shape)
     kind = estimator.input_kind_
     if kind == "tabular":
-        if _is_sequence_list(X) or (hasattr(X, "shape") and len(X.shape) != 2):
+        if _ndim(X) > 2:
             raise ValueError(
                 f"{type(estimator).__name__} was fitted on 2-D input (n_samples, n_features); "
-                f"got {'a list of sequences' if _is_sequence_list(X) else f'{len(X.shape)}-D input'}."
+                f"got {_ndim(X)}-D input."
             )
         return check_tabular(estimator, X, reset)
     if kind == "sequence":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import types
 from collections.abc import Iterator
 from numbers import Integral, Real
 from typing import Any
@@ -18,15 +19,18 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted
 from skorch import NeuralNetClassifier, NeuralNetRegressor
-from skorch.utils import to_tensor
+from skorch.callbacks import EpochScoring
+from skorch.dataset import unpack_data
+from skorch.utils import is_dataset, to_numpy, to_tensor
 from torch import nn
 
 from . import regions
 from ._validation import check_input
-from .linearize import check_supported
+from .linearize import check_supported, first_output, float64_copy
 from .loss import APPROX_METHODS, roll_penalty
 from .nn import MLP
 from .nn._activation import ACTIVATIONS
@@ -36,6 +40,17 @@ _BUILTIN_MODULES = {"mlp": MLP}
 
 class _ROLLMixin:
     """Behaviour shared by the two estimators; comes before skorch's class in the MRO."""
+
+    # skorch's __init__ sets these three; class-level defaults let __init__ drop them,
+    # so that, as scikit-learn requires, __init__ sets parameters only.
+    history_ = None
+    initialized_ = False
+    virtual_params_ = types.MappingProxyType({})
+
+    def _drop_skorch_init_state(self) -> None:
+        for name, default in (("history_", None), ("initialized_", False), ("virtual_params_", {})):
+            if vars(self).get(name, default) == default:
+                vars(self).pop(name, None)
 
     _parameter_constraints: dict = {
         "module": [StrOptions({"mlp", "rnn", "cnn"}), type, nn.Module],
@@ -56,6 +71,11 @@ class _ROLLMixin:
     }
 
     # ------------------------------------------------------------------ setup
+
+    def _get_param_names(self):
+        # skorch treats every attribute not ending in "_" as a parameter, including
+        # its private bookkeeping (e.g. _params_to_validate); keep only public ones.
+        return [name for name in super()._get_param_names() if not name.startswith("_")]
 
     def _check_params(self) -> None:
         # skorch's NeuralNet defines its own _validate_params; call scikit-learn's.
@@ -209,19 +229,36 @@ class _ROLLMixin:
         return self
 
     def _roll_input(self, X: Any) -> tuple[np.ndarray, Any]:
-        """Validated float32 input in the module's layout, and its restore function."""
+        """Validated input in the module's layout, and its restore function."""
         check_is_fitted(self)
         return check_input(self, X, reset=False)
 
     def _forward(self, X: Any) -> np.ndarray:
+        """Predictions of the network in float64, after its output nonlinearity.
+
+        Predictions use the same float64 arithmetic as the certificates, so a
+        certified radius and ``predict`` agree even next to a decision boundary, and
+        results do not depend on how samples are batched. skorch's own datasets
+        (its internal validation split) take skorch's float32 path.
+        """
+        if is_dataset(X):
+            return super().predict_proba(X)
         x, _ = self._roll_input(X)
+        module = float64_copy(self.module_)
+        nonlinearity = self._get_predict_nonlinearity()
+        size = len(x) if self.batch_size == -1 else self.batch_size
         threads = torch.get_num_threads()
+        outputs = []
         try:
             if self.n_threads is not None:
                 torch.set_num_threads(self.n_threads)
-            return super().predict_proba(x).astype(np.float64)
+            with torch.no_grad():
+                for start in range(0, len(x), size):
+                    xb = torch.from_numpy(x[start : start + size]).to(torch.float64)
+                    outputs.append(nonlinearity(first_output(module(xb))).numpy())
         finally:
             torch.set_num_threads(threads)
+        return np.concatenate(outputs)
 
     # ------------------------------------------------------------ certificates
 
@@ -321,6 +358,13 @@ _COMMON_DOC = """
 """
 
 
+def _encoded_accuracy(net: Any, X: Any, y: Any) -> float:
+    """Accuracy of the network's argmax against encoded targets (skorch scoring)."""
+    if y is None:
+        _, y = unpack_data(next(iter(net.get_iterator(X))))
+    return float(np.mean(to_numpy(net.forward(X)).argmax(axis=1) == to_numpy(y)))
+
+
 class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
     __doc__ = (
         """Classifier whose input gradients are provably stable around each sample.
@@ -403,9 +447,15 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
         self.input_shape = input_shape
         self.random_state = random_state
         self.n_threads = n_threads
+        self._drop_skorch_init_state()
 
     def _fit_data(self, X, y, reset, classes=None):
         x, _ = check_input(self, X, reset=reset)
+        x = x.astype(np.float32)
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
         y = column_or_1d(y, warn=True)
         check_consistent_length(x, y)
         check_classification_targets(y)
@@ -453,7 +503,19 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
         -------
         ndarray of shape (n_samples,)
         """
-        return self.classes_[self._forward(X).argmax(axis=1)]
+        proba = self._forward(X)
+        return self.classes_[proba.argmax(axis=1)]
+
+    @property
+    def _default_callbacks(self):
+        # skorch's valid_acc compares predict() with the encoded targets of its
+        # validation split; score the cached logits against them directly.
+        return [
+            (name, EpochScoring(_encoded_accuracy, name="valid_acc", lower_is_better=False))
+            if name == "valid_acc"
+            else (name, cb)
+            for name, cb in super()._default_callbacks
+        ]
 
 
 class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
@@ -533,9 +595,15 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
         self.input_shape = input_shape
         self.random_state = random_state
         self.n_threads = n_threads
+        self._drop_skorch_init_state()
 
     def _fit_data(self, X, y, reset, classes=None):
         x, _ = check_input(self, X, reset=reset)
+        x = x.astype(np.float32)
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         check_consistent_length(x, y)
         if y.ndim > 2:
@@ -564,6 +632,10 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
         """
         out = self._forward(X)
         return out.ravel() if self.y_ndim_ == 1 else out
+
+    @available_if(lambda self: False)
+    def predict_proba(self, X):
+        """Not available: a regressor has no class probabilities."""
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

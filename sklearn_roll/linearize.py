@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import math
 import weakref
@@ -39,6 +40,8 @@ __all__ = [
     "Linearization",
     "UnsupportedOperationError",
     "check_supported",
+    "first_output",
+    "float64_copy",
     "linearize",
     "record",
     "unit_mask",
@@ -448,7 +451,35 @@ class _Recorder(TorchFunctionMode):
         return out
 
 
-def _first_output(out: Any) -> Tensor:
+def float64_copy(module: nn.Module) -> nn.Module:
+    """A float64 copy of ``module`` in eval mode, for exact certificates and predictions.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network, left unchanged.
+
+    Returns
+    -------
+    nn.Module
+    """
+    return copy.deepcopy(module).to(torch.float64).eval()
+
+
+def first_output(out: Any) -> Tensor:
+    """The logits among a module's outputs, as a (n, n_outputs) tensor.
+
+    Modules may return extra outputs in a tuple; the first one is the prediction.
+
+    Parameters
+    ----------
+    out : Tensor or tuple of Tensor
+        What the module returned.
+
+    Returns
+    -------
+    Tensor
+    """
     if isinstance(out, (tuple, list)):
         out = out[0]
     if not isinstance(out, Tensor):
@@ -564,7 +595,7 @@ def _record_call(module: nn.Module, x: Tensor) -> tuple[Tensor, _Recorder]:
     recorder = _Recorder(module, x)
     with recorder:
         out = module(x)
-    return _first_output(out), recorder
+    return first_output(out), recorder
 
 
 def _general_linearize(module: nn.Module, x: Tensor, tangents: Tensor) -> Linearization:

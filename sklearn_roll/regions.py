@@ -16,7 +16,6 @@ the Jacobian cannot make a margin over-claim.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import numbers
@@ -29,7 +28,7 @@ from sklearn.base import is_classifier
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
-from .linearize import Linearization, linearize, record
+from .linearize import Linearization, first_output, float64_copy, linearize, record
 
 __all__ = [
     "FLOAT32_RTOL",
@@ -256,10 +255,6 @@ def _check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}.")
 
 
-def _float64(module: nn.Module) -> nn.Module:
-    return copy.deepcopy(module).to(torch.float64)
-
-
 def _batch_size(module: nn.Module, x: np.ndarray, batch_size: int | None, k: int) -> int:
     """Examples per batch so that the tangent tensors stay within the memory budget."""
     if batch_size is not None:
@@ -286,7 +281,7 @@ class _Evaluator:
     def __init__(self, fitted: _Fitted, precision: str) -> None:
         _check_precision(precision)
         self.fitted = fitted
-        self.exact = _float64(fitted.module)
+        self.exact = float64_copy(fitted.module)
         self.work = self.exact if precision == "float64" else fitted.module
         self.dtype = torch.float64 if precision == "float64" else torch.float32
         self.rtol = 0.0 if precision == "float64" else FLOAT32_RTOL
@@ -582,7 +577,7 @@ def explain(
     """
     fitted = _unwrap(estimator, X)
     _check_precision(precision)
-    module = _float64(fitted.module) if precision == "float64" else fitted.module
+    module = float64_copy(fitted.module) if precision == "float64" else fitted.module
     dtype = torch.float64 if precision == "float64" else torch.float32
     grads = np.empty(fitted.x.shape)
     indices = None
@@ -590,8 +585,7 @@ def explain(
         rows = slice(start, min(start + batch_size, len(fitted.x)))
         xb = torch.from_numpy(fitted.x[rows]).to(dtype).requires_grad_(True)
         with torch.enable_grad():
-            out = module(xb)
-            out = (out[0] if isinstance(out, (tuple, list)) else out).reshape(len(xb), -1)
+            out = first_output(module(xb))
             if start == 0:
                 indices = _target_indices(fitted, target, len(fitted.x), out.shape[1])
             picked = out.argmax(dim=1) if indices is None else torch.from_numpy(indices[rows])
@@ -621,7 +615,7 @@ def activation_patterns(estimator: Any, X: Any, *, precision: str = "float32") -
     """
     fitted = _unwrap(estimator, X)
     _check_precision(precision)
-    module = _float64(fitted.module) if precision == "float64" else fitted.module
+    module = float64_copy(fitted.module) if precision == "float64" else fitted.module
     dtype = torch.float64 if precision == "float64" else torch.float32
     with torch.no_grad():
         lin = record(module, torch.from_numpy(fitted.x).to(dtype))
@@ -665,7 +659,7 @@ def count_linear_regions(estimator: Any, X: Any) -> tuple[int, int]:
     jacobians = []
     with torch.no_grad():
         for start in range(0, len(x), 64):
-            xb = torch.from_numpy(x[start : start + 64])
+            xb = torch.from_numpy(x[start : start + 64]).float()
             lin = linearize(module, xb, "basis")
             jacobians.append(lin.output_tangents.reshape(len(xb), -1).float().numpy())
     n_jacobians = len(np.unique(np.concatenate(jacobians), axis=0)) if jacobians else 0

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits, load_iris, load_wine
+from sklearn.preprocessing import StandardScaler
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def wine():
+    X, y = load_wine(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+@pytest.fixture(scope="session")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+@pytest.fixture(scope="session")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+@pytest.fixture(scope="session")
+def fitted_wine(wine):
+    from sklearn_roll import ROLLClassifier
+
+    X, y = wine
+    clf = ROLLClassifier(hidden_layer_sizes=(32, 32), lam=0.5, C=1.0, max_epochs=20, random_state=0)
+    return clf.fit(X, y)
+
+
+@pytest.fixture
+def rng():
+    return np.random.RandomState(0)

@@ -1,0 +1,68 @@
+"""Independent reference computations for the tests: per-unit autograd in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+ACTIVATION_TYPES = (nn.ReLU, nn.LeakyReLU)
+
+
+def preactivations(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run the module and capture the input of every nn.ReLU / nn.LeakyReLU call."""
+    captured: list[torch.Tensor] = []
+    hooks = [
+        sub.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+        for sub in module.modules()
+        if isinstance(sub, ACTIVATION_TYPES)
+    ]
+    try:
+        out = module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, [z.reshape(z.shape[0], -1) for z in captured]
+
+
+def unit_gradients(module: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-activations (n, U) and their input gradients (n, U, D), one backward per unit."""
+    module = module.double().eval()
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    _, pre = preactivations(module, xt)
+    z = torch.cat(pre, dim=1)
+    n, units = z.shape
+    grads = np.zeros((n, units, int(np.prod(x.shape[1:]))))
+    for u in range(units):
+        (g,) = torch.autograd.grad(z[:, u].sum(), xt, retain_graph=True)
+        grads[:, u] = g.reshape(n, -1).numpy()
+    return z.detach().numpy(), grads
+
+
+def output_gradients(module: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs (n, K) and their input gradients (n, K, D) by autograd in float64."""
+    module = module.double().eval()
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    out = module(xt)
+    n, k = out.shape
+    grads = np.zeros((n, k, int(np.prod(x.shape[1:]))))
+    for j in range(k):
+        (g,) = torch.autograd.grad(out[:, j].sum(), xt, retain_graph=True)
+        grads[:, j] = g.reshape(n, -1).numpy()
+    return out.detach().numpy(), grads
+
+
+def margins(z: np.ndarray, grads: np.ndarray, q: float) -> np.ndarray:
+    """min_u |z_u| / ||g_u||_q over units with g_u != 0, by plain numpy."""
+    norms = np.linalg.norm(grads, ord=q, axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(norms > 0, np.abs(z) / norms, np.inf)
+    return ratio.min(axis=1) if ratio.shape[1] else np.full(len(z), np.inf)
+
+
+def pattern(module: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Activation pattern (z > 0) of each row, computed in float64."""
+    module = module.double().eval()
+    with torch.no_grad():
+        _, pre = preactivations(module, torch.tensor(x, dtype=torch.float64))
+    return torch.cat(pre, dim=1).numpy() > 0

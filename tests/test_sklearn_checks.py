@@ -1,0 +1,18 @@
+"""scikit-learn's estimator checks on both estimators."""
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_roll import ROLLClassifier, ROLLRegressor
+
+# Small, fast settings that still learn the checks' toy problems.
+FAST = dict(hidden_layer_sizes=(32,), max_epochs=30, lr=1e-2, batch_size=32, random_state=0)
+
+EXPECTED_FAILURES: dict = {}
+
+
+@parametrize_with_checks(
+    [ROLLClassifier(**FAST), ROLLRegressor(**FAST)],
+    expected_failed_checks=lambda est: EXPECTED_FAILURES,
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
