@@ -276,7 +276,7 @@ class _ROLLMixin:
         precision : {"float32", "float64"}, default="float32"
             Arithmetic of the certificate.
         batch_size : int or None, default=None
-            Samples per batch; None keeps memory near 512 MiB.
+            Samples per batch; None keeps the tangent tensors near 64 MiB.
 
         Returns
         -------

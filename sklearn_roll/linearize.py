@@ -27,7 +27,7 @@ import copy
 import dataclasses
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -44,8 +44,12 @@ __all__ = [
     "float64_copy",
     "linearize",
     "record",
+    "tangent_count",
     "unit_mask",
 ]
+
+
+Reduce = Callable[[Tensor], Tensor]
 
 
 class UnsupportedOperationError(ValueError):
@@ -532,12 +536,17 @@ def _slopes(z: Tensor, negative_slope: float) -> Tensor:
 
 
 def _chain_linearize(
-    chain: list[tuple[nn.Linear, float | None]], x: Tensor, tangents: str | Tensor | None
+    chain: list[tuple[nn.Linear, float | None]],
+    x: Tensor,
+    tangents: str | Tensor | None,
+    reduce: Reduce | None = None,
 ) -> Linearization:
     """Linearize a Linear/activation chain by explicit Jacobian propagation.
 
     Tangent images are kept in the layout (units, n, k) so that each layer is one
-    large matrix product ``W @ T`` over all examples and tangents.
+    large matrix product ``W @ T`` over all examples and tangents. With ``reduce``
+    each layer's tangents are reduced as soon as they exist and then masked in
+    place, so only one layer's tangents are alive at a time.
     """
     n = x.shape[0]
     h = x.reshape(n, -1)
@@ -561,8 +570,12 @@ def _chain_linearize(
         slopes.append(slope)
         s = _slopes(z, slope)
         if T is not None:
-            pre_tangents.append(T.permute(1, 0, 2))
-            T = T * s.T[:, :, None]
+            view = T.permute(1, 0, 2)
+            pre_tangents.append(view if reduce is None else reduce(view))
+            if reduce is not None and T.is_contiguous() and not T.requires_grad:
+                T.mul_(s.T[:, :, None])
+            else:
+                T = T * s.T[:, :, None]
         h = F.leaky_relu(z, slope) if slope else F.relu(z)
     return Linearization(
         output=output,
@@ -598,7 +611,9 @@ def _record_call(module: nn.Module, x: Tensor) -> tuple[Tensor, _Recorder]:
     return first_output(out), recorder
 
 
-def _general_linearize(module: nn.Module, x: Tensor, tangents: Tensor) -> Linearization:
+def _general_linearize(
+    module: nn.Module, x: Tensor, tangents: Tensor, reduce: Reduce | None = None
+) -> Linearization:
     n = x.shape[0]
     meta: dict[str, Any] = {}
 
@@ -621,12 +636,13 @@ def _general_linearize(module: nn.Module, x: Tensor, tangents: Tensor) -> Linear
     for i, m in zip(meta["masked"], masks):
         counted[i] = _flat(m, n) > 0.5
     k = tangents.shape[0]
+    pre_t = [t.reshape(k, n, -1).permute(1, 2, 0) for t in pre_t]
     return Linearization(
         output=out,
         pre=[_flat(z, n) for z in pre],
         counted=counted,
         negative_slopes=list(meta["slopes"]),
-        pre_tangents=[t.reshape(k, n, -1).permute(1, 2, 0) for t in pre_t],
+        pre_tangents=pre_t if reduce is None else [reduce(t) for t in pre_t],
         output_tangents=out_t.reshape(k, n, -1).permute(1, 2, 0),
     )
 
@@ -704,6 +720,31 @@ def check_supported(module: nn.Module, x: Tensor) -> None:
         _record_call(module, x)
 
 
+def tangent_count(module: nn.Module, x: Tensor, tangents: str | Tensor) -> int:
+    """How many tangent directions :func:`linearize` pushes through per example.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network.
+    x : Tensor of shape (n, ...)
+        Example inputs (only the shape is used).
+    tangents : {"basis", "l2"} or Tensor of shape (k, n, ...)
+        As in :func:`linearize`.
+
+    Returns
+    -------
+    int
+    """
+    if isinstance(tangents, Tensor):
+        return tangents.shape[0]
+    d = math.prod(x.shape[1:])
+    chain = _as_chain(module)
+    if tangents == "l2" and chain is not None and x.dim() == 2:
+        return min(d, chain[0][0].weight.shape[0])
+    return d
+
+
 def basis_tangents(x: Tensor) -> Tensor:
     """The standard basis of the input space, one tangent batch per axis.
 
@@ -715,7 +756,12 @@ def basis_tangents(x: Tensor) -> Tensor:
     return eye.reshape(d, 1, *x.shape[1:]).expand(d, n, *x.shape[1:])
 
 
-def linearize(module: nn.Module, x: Tensor, tangents: str | Tensor = "basis") -> Linearization:
+def linearize(
+    module: nn.Module,
+    x: Tensor,
+    tangents: str | Tensor = "basis",
+    reduce: Reduce | None = None,
+) -> Linearization:
     """Pre-activations and their derivatives along tangent directions.
 
     Parameters
@@ -730,6 +776,10 @@ def linearize(module: nn.Module, x: Tensor, tangents: str | Tensor = "basis") ->
         l2 norms and inner products of unit gradients; for Linear chains this is the
         row space of the first layer, of dimension ``min(D, width)``, else the
         standard basis. A tensor: explicit directions, one per example.
+    reduce : callable or None, default=None
+        Applied to each block of unit tangents, shaped (n, u, k), as soon as it is
+        computed (e.g. a norm over the last axis); ``pre_tangents`` then holds the
+        results. Saves memory and time when only a reduction is needed.
 
     Returns
     -------
@@ -746,9 +796,9 @@ def linearize(module: nn.Module, x: Tensor, tangents: str | Tensor = "basis") ->
     """
     chain = _as_chain(module)
     if chain is not None and x.dim() == 2:
-        return _chain_linearize(chain, x, tangents)
+        return _chain_linearize(chain, x, tangents, reduce)
     if isinstance(tangents, str):
         if tangents not in ("basis", "l2"):
             raise ValueError(f"tangents must be 'basis', 'l2' or a tensor, got {tangents!r}.")
         tangents = basis_tangents(x)
-    return _general_linearize(module, x, tangents)
+    return _general_linearize(module, x, tangents, reduce)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import output_gradients, unit_gradients
 from torch import nn
 
+from reference import output_gradients, unit_gradients
 from sklearn_roll.linearize import (
     UnsupportedOperationError,
     check_supported,

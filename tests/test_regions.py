@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from reference import margins, output_gradients, pattern, unit_gradients
 from torch import nn
 
+from reference import margins, output_gradients, pattern, unit_gradients
 from sklearn_roll import ROLLClassifier, ROLLRegressor, certified_margin
 from sklearn_roll.regions import (
     FLOAT32_RTOL,

@@ -1,0 +1,231 @@
+"""The estimators in scikit-learn workflows, and their refusal of bad input."""
+
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from skorch.dataset import ValidSplit
+from torch import nn
+
+import sklearn_roll.estimators as estimators_module
+from sklearn_roll import ROLLClassifier, ROLLRegressor
+from sklearn_roll.loss import roll_penalty
+
+SMALL = dict(hidden_layer_sizes=(16,), max_epochs=3, random_state=0)
+
+
+def test_grid_search_over_lam_and_C_in_a_pipeline(wine):
+    X, y = wine
+    search = GridSearchCV(
+        make_pipeline(StandardScaler(), ROLLClassifier(**SMALL)),
+        {"rollclassifier__lam": [0.0, 1.0], "rollclassifier__C": [0.5, 2.0]},
+        cv=2,
+    )
+    search.fit(X, y)
+    assert len(search.cv_results_["params"]) == 4
+    assert search.best_estimator_[-1].lam in (0.0, 1.0)
+    assert search.predict(X).shape == (len(X),)
+
+
+def test_round_trips_keep_predictions_margins_and_explanations(fitted_wine, wine, tmp_path):
+    X, _ = wine
+    before = (
+        fitted_wine.predict_proba(X),
+        fitted_wine.certified_margin(X, p=1),
+        fitted_wine.explain(X),
+    )
+    path = tmp_path / "model.joblib"
+    joblib.dump(fitted_wine, path)
+    for other in (pickle.loads(pickle.dumps(fitted_wine)), joblib.load(path)):
+        after = (other.predict_proba(X), other.certified_margin(X, p=1), other.explain(X))
+        for a, b in zip(before, after):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_clone_and_params(fitted_wine):
+    twin = clone(fitted_wine)
+    assert twin.get_params()["lam"] == fitted_wine.lam
+    assert not hasattr(twin, "module_")
+    twin.set_params(lam=3.0, module__hidden_layer_sizes=(4,))
+    assert twin.lam == 3.0
+    assert all(not name.endswith("_") for name in twin.get_params(deep=False))
+
+
+def test_same_random_state_gives_identical_models(wine):
+    X, y = wine
+    a = ROLLClassifier(**SMALL).fit(X, y)
+    b = ROLLClassifier(**SMALL).fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    np.testing.assert_array_equal(a.certified_margin(X), b.certified_margin(X))
+    state = torch.random.get_rng_state()
+    ROLLClassifier(**SMALL).fit(X, y)
+    assert torch.equal(state, torch.random.get_rng_state()), "fit must not consume the global RNG"
+
+
+def test_lam_zero_never_computes_the_penalty(wine, monkeypatch):
+    X, y = wine
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("roll_penalty called with lam=0")
+
+    monkeypatch.setattr(estimators_module, "roll_penalty", forbidden)
+    ROLLClassifier(lam=0.0, **SMALL).fit(X, y)
+    with pytest.raises(AssertionError, match="lam=0"):
+        ROLLClassifier(lam=1.0, **SMALL).fit(X, y)
+
+
+def test_loss_adds_the_penalty_in_training_and_under_no_grad(fitted_wine, wine):
+    X, y = wine
+    x = torch.tensor(X[:20], dtype=torch.float32)
+    target = torch.tensor(y[:20])
+    net = fitted_wine
+    net.module_.eval()
+    with torch.no_grad():
+        logits = net.module_(x)
+        loss = net.get_loss(logits, target, X=x, training=False)
+        expected = nn.functional.cross_entropy(logits, target) + net.lam * roll_penalty(
+            net.module_, x, C=net.C
+        )
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    clf = ROLLClassifier(train_split=ValidSplit(4, stratified=True), **SMALL).fit(X, y)
+    assert np.isfinite(clf.history[-1, "valid_loss"]) and 0 <= clf.history[-1, "valid_acc"] <= 1
+
+
+def test_roll_enlarges_margins_on_digits(digits):
+    X, y = digits
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    settings = dict(hidden_layer_sizes=(64, 64), max_epochs=15, random_state=0)
+    vanilla = ROLLClassifier(lam=0.0, **settings).fit(Xtr, ytr)
+    roll = ROLLClassifier(lam=1.0, C=1.0, **settings).fit(Xtr, ytr)
+    acc_v, acc_r = vanilla.score(Xte, yte), roll.score(Xte, yte)
+    assert acc_v > 0.9 and acc_r > 0.9
+    assert abs(acc_v - acc_r) < 0.03
+    ratio = np.median(roll.certified_margin(Xte)) / np.median(vanilla.certified_margin(Xte))
+    assert ratio > 2.0, ratio
+
+
+def test_partial_fit_continues_training(wine):
+    X, y = wine
+    clf = ROLLClassifier(**SMALL)
+    clf.partial_fit(X[:50], y[:50], classes=[0, 1, 2])
+    clf.partial_fit(X, y)
+    assert len(clf.history) == 6
+    assert list(clf.classes_) == [0, 1, 2]
+    with pytest.raises(ValueError, match="not seen in the first fit"):
+        clf.partial_fit(X, y + 5)
+
+
+def test_dtypes_are_cast_and_sizes_inferred(wine):
+    X, y = wine
+    clf = ROLLClassifier(**SMALL).fit(X.astype(np.float64), y.astype(np.int32))
+    assert clf.n_features_in_ == X.shape[1]
+    assert clf.module_[0].in_features == X.shape[1] and clf.module_[-1].out_features == 3
+    clf.predict(X.astype(np.float32))
+    reg = ROLLRegressor(**SMALL).fit(X, y.astype(np.int64))
+    assert reg.predict(X).dtype == np.float64 and reg.predict(X).shape == (len(X),)
+
+
+def test_dataframe_feature_names_are_kept_and_checked(wine):
+    pd = pytest.importorskip("pandas")
+    X, y = wine
+    df = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    clf = ROLLClassifier(**SMALL).fit(df, y)
+    assert list(clf.feature_names_in_) == list(df.columns)
+    np.testing.assert_array_equal(clf.certified_margin(df), clf.certified_margin(X))
+    with pytest.raises(ValueError, match="feature names"):
+        clf.predict(df.rename(columns={"f0": "other"}))
+
+
+def test_user_module_receives_inferred_sizes(wine):
+    class Net(nn.Module):
+        def __init__(self, n_features, n_outputs, width=8):
+            super().__init__()
+            self.seq = nn.Sequential(
+                nn.Linear(n_features, width), nn.ReLU(), nn.Linear(width, n_outputs)
+            )
+
+        def forward(self, x):
+            return self.seq(x)
+
+    X, y = wine
+    clf = ROLLClassifier(Net, module__width=5, **SMALL).fit(X, y)
+    assert clf.module_.seq[0].out_features == 5
+    assert clf.certified_margin(X[:3]).shape == (3,)
+
+
+def test_threads_are_set_during_fit_and_restored(wine, monkeypatch):
+    X, y = wine
+    seen = []
+    original = ROLLClassifier.train_step
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ROLLClassifier, "train_step", spy)
+    before = torch.get_num_threads()
+    ROLLClassifier(n_threads=1, **SMALL).fit(X, y)
+    assert set(seen) == {1} and torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(lam=-1.0), "lam"),
+        (dict(C=-0.5), "'C'"),
+        (dict(gamma=0.0), "gamma"),
+        (dict(gamma=150.0), "gamma"),
+        (dict(activation="tanh"), "activation"),
+        (dict(approx=0), "approx"),
+        (dict(approx=4, gamma=50.0), "requires gamma=100"),
+        (dict(approx_method="sobol"), "approx_method"),
+        (dict(module="transformer"), "module"),
+    ],
+)
+def test_bad_parameters_are_refused_at_fit(wine, bad, message):
+    X, y = wine
+    with pytest.raises(ValueError, match=message):
+        ROLLClassifier(**{**SMALL, **bad}).fit(X, y)
+
+
+def test_bad_input_is_refused_with_a_clear_message(fitted_wine, wine):
+    X, y = wine
+    with pytest.raises(ValueError, match="NaN"):
+        ROLLClassifier(**SMALL).fit(np.where(np.eye(len(X), X.shape[1]) > 0, np.nan, X), y)
+    with pytest.raises(ValueError, match="infinity"):
+        fitted_wine.predict(np.full((2, X.shape[1]), np.inf))
+    with pytest.raises(ValueError, match="NaN"):
+        fitted_wine.certified_margin(np.full((2, X.shape[1]), np.nan))
+    with pytest.raises(ValueError, match="Reshape your data"):
+        fitted_wine.predict(X[0])
+    with pytest.raises(ValueError, match="3-D input"):
+        fitted_wine.explain(X[:4, :, None])
+    with pytest.raises(ValueError, match="expects 2-D input"):
+        ROLLClassifier(**SMALL).fit(X[:, :, None], y)
+    with pytest.raises(ValueError, match="13 features"):
+        fitted_wine.certified_margin(X[:, :5])
+    with pytest.raises(ValueError, match="only one class"):
+        ROLLClassifier(**SMALL).fit(X, np.zeros(len(X)))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        ROLLClassifier(**SMALL).fit(X, np.linspace(0, 1, len(X)))
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        ROLLClassifier(**SMALL).fit(X, y[:-1])
+    with pytest.raises(ValueError, match="y contains NaN|Input y contains NaN"):
+        ROLLRegressor(**SMALL).fit(X, np.where(np.arange(len(X)) == 3, np.nan, 1.0))
+
+
+@pytest.mark.parametrize(
+    "method", ["predict", "predict_proba", "certified_margin", "explain", "score"]
+)
+def test_not_fitted_error_before_fit(wine, method):
+    X, y = wine
+    args = (X, y) if method == "score" else (X,)
+    with pytest.raises(NotFittedError):
+        getattr(ROLLClassifier(), method)(*args)
