@@ -351,10 +351,13 @@ _COMMON_DOC = """
         Everything else skorch accepts: ``module__*``, ``optimizer__*``,
         ``callbacks``, ``device``, ``iterator_train__*``, ``warm_start``, ...
 
-    How the defaults were chosen: see ``benchmarks/defaults.py`` and its results in
-    ``benchmarks/results/defaults.md``: on standardised scikit-learn tabular data
-    sets these settings keep accuracy within a point of plain training while
-    enlarging the median l2 margin several times.
+    How the defaults were chosen: ``benchmarks/defaults.py`` trains the default
+    network on scikit-learn's digits, breast cancer, wine and iris sets
+    (standardised, 70/30 split, two seeds) over lam in {0.25, 1, 4} x C in
+    {0.25, 1, 4}. lam=1, C=1 gave the largest median-margin gain (3.2x the plain
+    network's, geometric mean; 1.5x at worst) among the settings that kept mean
+    accuracy within a point of plain training (0.976 vs 0.975); see
+    ``benchmarks/results/defaults.md``.
 """
 
 

@@ -1,0 +1,28 @@
+"""The README stays true: its commands are the ones CI runs, its figures come from results."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _commands(text):
+    return re.findall(r"```bash\n(.*?)\n```", text, re.S)
+
+
+def test_readme_has_exactly_two_commands_and_ci_runs_the_test_command():
+    commands = _commands((ROOT / "README.md").read_text())
+    assert len(commands) == 2
+    assert "examples/quickstart.py" in commands[0]
+    assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_readme_tables_match_the_results_files():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "readme.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
