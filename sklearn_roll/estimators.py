@@ -32,10 +32,10 @@ from . import regions
 from ._validation import check_input
 from .linearize import check_supported, first_output, float64_copy
 from .loss import APPROX_METHODS, roll_penalty
-from .nn import MLP
+from .nn import MLP, ElmanRNN, ResNet
 from .nn._activation import ACTIVATIONS
 
-_BUILTIN_MODULES = {"mlp": MLP}
+_BUILTIN_MODULES = {"mlp": MLP, "rnn": ElmanRNN, "cnn": ResNet}
 
 
 class _ROLLMixin:
@@ -54,7 +54,7 @@ class _ROLLMixin:
 
     _parameter_constraints: dict = {
         "module": [StrOptions({"mlp", "rnn", "cnn"}), type, nn.Module],
-        "hidden_layer_sizes": ["array-like"],
+        "hidden_layer_sizes": ["array-like", None],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "negative_slope": [Interval(Real, 0, None, closed="left")],
         "lam": [Interval(Real, 0, None, closed="left")],
@@ -102,33 +102,37 @@ class _ROLLMixin:
             finally:
                 torch.set_num_threads(threads)
 
+    def _data_sizes(self) -> dict:
+        """Sizes the data fixed at fit, under the names modules take them by."""
+        sizes = {"n_features": self.n_features_in_, "n_outputs": self.n_outputs_}
+        if getattr(self, "input_kind_", None) == "image":
+            sizes["input_shape"] = self.image_shape_
+        return sizes
+
     def initialize_module(self):
         """Build the module, inferring its input and output sizes from the data."""
         kwargs = self.get_params_for("module")
+        fitted = hasattr(self, "n_outputs_")
         if isinstance(self.module, str):
-            if not hasattr(self, "n_outputs_"):
+            if not fitted:
                 raise ValueError(
                     f"module={self.module!r} infers its sizes from the data: call fit "
                     "instead of initialize."
                 )
-            builder = _BUILTIN_MODULES.get(self.module)
-            if builder is None:
-                raise ValueError(f"module={self.module!r} is not available yet.")
-            params = {
-                "n_features": self.n_features_in_,
-                "n_outputs": self.n_outputs_,
-                "hidden_layer_sizes": tuple(self.hidden_layer_sizes),
-                "activation": self.activation,
-                "negative_slope": self.negative_slope,
+            builder = _BUILTIN_MODULES[self.module]
+            params = {"activation": self.activation, "negative_slope": self.negative_slope}
+            if self.hidden_layer_sizes is not None:
+                params["hidden_layer_sizes"] = tuple(self.hidden_layer_sizes)
+            sizes = {
+                k: v
+                for k, v in self._data_sizes().items()
+                if k in inspect.signature(builder).parameters
             }
-            module = builder(**{**params, **kwargs})
+            module = builder(**{**sizes, **params, **kwargs})
         else:
-            if isinstance(self.module, type) and hasattr(self, "n_outputs_"):
+            if isinstance(self.module, type) and fitted:
                 accepted = inspect.signature(self.module).parameters
-                for name, value in (
-                    ("n_features", self.n_features_in_),
-                    ("n_outputs", self.n_outputs_),
-                ):
+                for name, value in self._data_sizes().items():
                     if name in accepted and name not in kwargs:
                         kwargs[name] = value
             module = self.initialized_instance(self.module, kwargs)
@@ -310,11 +314,18 @@ _COMMON_DOC = """
     Parameters
     ----------
     module : {"mlp", "rnn", "cnn"}, nn.Module class or instance, default="mlp"
-        The network. Built-in modules infer their input and output sizes from the
-        data; a user class receives ``n_features`` and ``n_outputs`` if its
-        ``__init__`` accepts them, plus every ``module__*`` parameter.
-    hidden_layer_sizes : tuple of int, default=(100, 100)
-        Widths of the hidden layers of the built-in module.
+        The network: :class:`~sklearn_roll.nn.MLP` for 2-D input,
+        :class:`~sklearn_roll.nn.ElmanRNN` for sequences (a 3-D array with trailing
+        NaN time steps as padding, or a list of 2-D arrays),
+        :class:`~sklearn_roll.nn.ResNet` for images (n, channels, height, width), or
+        your own module. Built-in modules infer their sizes from the data; a user
+        class receives ``n_features``, ``n_outputs`` and, for images,
+        ``input_shape`` if its ``__init__`` accepts them, plus every ``module__*``
+        parameter.
+    hidden_layer_sizes : tuple of int or None, default=None
+        Layer widths of the built-in module (RNN: stacked hidden sizes; CNN: channels
+        per stage); None takes the module's default: (100, 100) for "mlp", (64,) for
+        "rnn", (16, 32) for "cnn".
     activation : {"relu", "leaky_relu"}, default="relu"
         Hidden activation of the built-in module.
     negative_slope : float, default=0.01
@@ -408,7 +419,7 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
         self,
         module="mlp",
         *,
-        hidden_layer_sizes=(100, 100),
+        hidden_layer_sizes=None,
         activation="relu",
         negative_slope=0.01,
         lam=1.0,
@@ -556,7 +567,7 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
         self,
         module="mlp",
         *,
-        hidden_layer_sizes=(100, 100),
+        hidden_layer_sizes=None,
         activation="relu",
         negative_slope=0.01,
         lam=1.0,

@@ -1,6 +1,8 @@
 """Piecewise-linear building blocks that sklearn-roll can train and certify."""
 
 from ..linearize import UnsupportedOperationError, unit_mask
+from .cnn import ResidualBlock, ResNet
 from .mlp import MLP
+from .rnn import ElmanRNN
 
-__all__ = ["MLP", "UnsupportedOperationError", "unit_mask"]
+__all__ = ["MLP", "ElmanRNN", "ResNet", "ResidualBlock", "UnsupportedOperationError", "unit_mask"]

@@ -1,0 +1,91 @@
+"""Elman recurrent network with LeakyReLU units, for variable-length sequences."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import orthogonal
+
+from ..linearize import unit_mask
+from ._activation import make_activation
+
+
+class ElmanRNN(nn.Module):
+    """Stacked Elman RNN, ``h_t = act(W x_t + U h_{t-1} + b)``, classifying from the last step.
+
+    Input is a float tensor (n, T, C) in which trailing all-NaN time steps pad the
+    shorter sequences. Padded steps leave the hidden state unchanged and their units
+    are excluded from every certificate and from the ROLL loss (via
+    :func:`~sklearn_roll.nn.unit_mask`), so the output is read at each sequence's
+    last valid step and appending padding changes nothing.
+
+    Parameters
+    ----------
+    n_features : int
+        Channels per time step.
+    n_outputs : int
+        Output dimension.
+    hidden_layer_sizes : sequence of int, default=(64,)
+        Hidden size of each stacked recurrent layer.
+    activation : {"relu", "leaky_relu"}, default="leaky_relu"
+        Hidden activation (the paper uses LeakyReLU).
+    negative_slope : float, default=0.01
+        Slope below zero of the LeakyReLU.
+    orthogonal_recurrence : bool, default=False
+        Constrain each recurrent matrix to be orthogonal through the Cayley map
+        (the paper trains a scaled-Cayley orthogonal RNN).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.nn import ElmanRNN
+    >>> rnn = ElmanRNN(3, 2, hidden_layer_sizes=(8,))
+    >>> x = torch.randn(4, 5, 3)
+    >>> x[0, 3:] = float("nan")  # the first sequence has 3 steps
+    >>> rnn(x).shape
+    torch.Size([4, 2])
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        n_outputs: int,
+        hidden_layer_sizes: Sequence[int] = (64,),
+        activation: str = "leaky_relu",
+        negative_slope: float = 0.01,
+        orthogonal_recurrence: bool = False,
+    ) -> None:
+        super().__init__()
+        self.inputs = nn.ModuleList()
+        self.recurrent = nn.ModuleList()
+        width = n_features
+        for size in hidden_layer_sizes:
+            self.inputs.append(nn.Linear(width, size))
+            rec = nn.Linear(size, size, bias=False)
+            if orthogonal_recurrence:
+                rec = orthogonal(rec, orthogonal_map="cayley")
+            self.recurrent.append(rec)
+            width = size
+        self.act = make_activation(activation, negative_slope)
+        self.out = nn.Linear(width, n_outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        valid = ~torch.isnan(x).all(dim=2)
+        seq = torch.where(valid[:, :, None], x, 0.0)
+        # The Cayley parametrization is computed once per forward, not once per step.
+        with parametrize.cached():
+            for inputs, recurrent in zip(self.inputs, self.recurrent):
+                drive = inputs(seq)
+                h = drive.new_zeros(drive.shape[0], drive.shape[2])
+                states = []
+                for t in range(drive.shape[1]):
+                    step = valid[:, t, None]
+                    with unit_mask(step):
+                        new = self.act(drive[:, t] + recurrent(h))
+                    h = torch.where(step, new, h)
+                    states.append(h)
+                seq = torch.stack(states, dim=1)
+        return self.out(h)
