@@ -37,6 +37,7 @@ from torch.func import jvp, vmap
 from torch.overrides import TorchFunctionMode, resolve_name
 
 __all__ = [
+    "AxisTangents",
     "Linearization",
     "UnsupportedOperationError",
     "check_supported",
@@ -50,6 +51,32 @@ __all__ = [
 
 
 Reduce = Callable[[Tensor], Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisTangents:
+    """Input coordinate axes as tangents, given by index rather than as one-hot tensors.
+
+    A Linear chain pushes an axis through its first layer by selecting a column of the
+    weight matrix instead of multiplying by a one-hot vector.
+
+    Attributes
+    ----------
+    indices : Tensor of int64, shape (k, n)
+        ``indices[j, i]`` is the flat input coordinate of example i's j-th tangent.
+    """
+
+    indices: Tensor
+
+    def dense(self, x: Tensor) -> Tensor:
+        """The tangents as one-hot tensors of shape (k, n, ...) like x."""
+        k, n = self.indices.shape
+        flat = torch.zeros(k, n, math.prod(x.shape[1:]), dtype=x.dtype, device=x.device)
+        flat.scatter_(2, self.indices[:, :, None], 1.0)
+        return flat.reshape(k, *x.shape)
+
+
+Tangents = str | Tensor | AxisTangents
 
 
 class UnsupportedOperationError(ValueError):
@@ -538,7 +565,7 @@ def _slopes(z: Tensor, negative_slope: float) -> Tensor:
 def _chain_linearize(
     chain: list[tuple[nn.Linear, float | None]],
     x: Tensor,
-    tangents: str | Tensor | None,
+    tangents: Tangents | None,
     reduce: Reduce | None = None,
 ) -> Linearization:
     """Linearize a Linear/activation chain by explicit Jacobian propagation.
@@ -587,8 +614,10 @@ def _chain_linearize(
     )
 
 
-def _first_tangents(W: Tensor, h: Tensor, tangents: str | Tensor) -> Tensor:
+def _first_tangents(W: Tensor, h: Tensor, tangents: Tangents) -> Tensor:
     n = h.shape[0]
+    if isinstance(tangents, AxisTangents):
+        return W[:, tangents.indices.T]
     if isinstance(tangents, Tensor):
         return torch.einsum("hd,knd->hnk", W, tangents.reshape(tangents.shape[0], n, -1))
     if tangents == "l2" and W.shape[1] > W.shape[0]:
@@ -720,7 +749,7 @@ def check_supported(module: nn.Module, x: Tensor) -> None:
         _record_call(module, x)
 
 
-def tangent_count(module: nn.Module, x: Tensor, tangents: str | Tensor) -> int:
+def tangent_count(module: nn.Module, x: Tensor, tangents: Tangents) -> int:
     """How many tangent directions :func:`linearize` pushes through per example.
 
     Parameters
@@ -729,13 +758,15 @@ def tangent_count(module: nn.Module, x: Tensor, tangents: str | Tensor) -> int:
         The network.
     x : Tensor of shape (n, ...)
         Example inputs (only the shape is used).
-    tangents : {"basis", "l2"} or Tensor of shape (k, n, ...)
+    tangents : {"basis", "l2"}, Tensor of shape (k, n, ...) or AxisTangents
         As in :func:`linearize`.
 
     Returns
     -------
     int
     """
+    if isinstance(tangents, AxisTangents):
+        return tangents.indices.shape[0]
     if isinstance(tangents, Tensor):
         return tangents.shape[0]
     d = math.prod(x.shape[1:])
@@ -759,7 +790,7 @@ def basis_tangents(x: Tensor) -> Tensor:
 def linearize(
     module: nn.Module,
     x: Tensor,
-    tangents: str | Tensor = "basis",
+    tangents: Tangents = "basis",
     reduce: Reduce | None = None,
 ) -> Linearization:
     """Pre-activations and their derivatives along tangent directions.
@@ -770,12 +801,13 @@ def linearize(
         A piecewise-linear network.
     x : Tensor of shape (n, ...)
         The points.
-    tangents : {"basis", "l2"} or Tensor of shape (k, n, ...)
+    tangents : {"basis", "l2"}, Tensor of shape (k, n, ...) or AxisTangents
         ``"basis"``: the standard basis of the input space, so ``pre_tangents``
         holds the full unit gradients ``g_u(x)``. ``"l2"``: any basis that preserves
         l2 norms and inner products of unit gradients; for Linear chains this is the
         row space of the first layer, of dimension ``min(D, width)``, else the
-        standard basis. A tensor: explicit directions, one per example.
+        standard basis. A tensor: explicit directions, k per example.
+        :class:`AxisTangents`: k input axes per example, by index.
     reduce : callable or None, default=None
         Applied to each block of unit tangents, shaped (n, u, k), as soon as it is
         computed (e.g. a norm over the last axis); ``pre_tangents`` then holds the
@@ -801,4 +833,6 @@ def linearize(
         if tangents not in ("basis", "l2"):
             raise ValueError(f"tangents must be 'basis', 'l2' or a tensor, got {tangents!r}.")
         tangents = basis_tangents(x)
+    elif isinstance(tangents, AxisTangents):
+        tangents = tangents.dense(x)
     return _general_linearize(module, x, tangents, reduce)

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .linearize import linearize
+from .linearize import AxisTangents, linearize
 
 __all__ = ["APPROX_METHODS", "roll_penalty"]
 
@@ -35,11 +35,12 @@ def _sum_counted(values: Tensor, counted: Tensor | None) -> Tensor:
     return values.sum(dim=1)
 
 
-def _probes(x: Tensor, k: int, method: str) -> tuple[Tensor, Tensor]:
+def _probes(x: Tensor, k: int, method: str) -> tuple[Tensor | AxisTangents, Tensor]:
     """k random tangents per example and the factor that makes the estimate unbiased.
 
-    Returns tangents of shape (k, n, ...) and a per-example scale of shape (n,).
-    Padded coordinates (NaN in x) are never probed; their gradients are zero anyway.
+    Returns tangents (k per example) and a per-example scale of shape (n,). Padded
+    coordinates (NaN in x) are never probed while valid ones remain; their
+    gradients are zero anyway.
     """
     n = x.shape[0]
     flat_valid = ~torch.isnan(x.reshape(n, -1))
@@ -52,11 +53,8 @@ def _probes(x: Tensor, k: int, method: str) -> tuple[Tensor, Tensor]:
     elif method == "axes":
         # Uniform sampling without replacement among the valid coordinates.
         scores = torch.rand(n, d).masked_fill(~flat_valid, math.inf)
-        picks = scores.argsort(dim=1)[:, :k]
-        tangents = torch.zeros(k, n, d, dtype=x.dtype)
-        tangents.scatter_(2, picks.T[:, :, None], 1.0)
-        tangents = tangents * flat_valid
-        scale = n_valid / torch.clamp(n_valid, max=k)
+        picks = scores.topk(min(k, d), dim=1, largest=False).indices
+        return AxisTangents(picks.T.contiguous()), n_valid / torch.clamp(n_valid, max=k)
     else:
         raise ValueError(f"approx_method must be one of {APPROX_METHODS}, got {method!r}.")
     return tangents.reshape(k, *x.shape), scale
