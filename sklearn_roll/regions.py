@@ -658,14 +658,29 @@ def activation_patterns(estimator: Any, X: Any, *, precision: str = "float32") -
     return torch.cat(blocks, dim=1).numpy()
 
 
+def _output_jacobians(module: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Input-output Jacobians (n, n_outputs * D) by reverse mode, one pass per output."""
+    blocks = []
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[start : start + batch_size]).double().requires_grad_(True)
+        with torch.enable_grad():
+            out = first_output(module(xb))
+            rows = [
+                torch.autograd.grad(out[:, k].sum(), xb, retain_graph=True)[0].reshape(len(xb), -1)
+                for k in range(out.shape[1])
+            ]
+        blocks.append(torch.cat(rows, dim=1).numpy())
+    return np.concatenate(blocks) if blocks else np.zeros((0, 0))
+
+
 def count_linear_regions(estimator: Any, X: Any) -> tuple[int, int]:
     """Bounds on the number of complete linear regions touched by X (#CLR).
 
     If no sample lies exactly on a region boundary, the number of complete linear
     regions among the samples is at most the number of distinct activation
     patterns and at least the number of distinct input-output Jacobians (Lemma 7 of
-    the paper). Jacobians are compared after rounding to float32, which can only
-    merge Jacobians, so the lower bound stays valid.
+    the paper). Jacobians are computed in float64 for one sample per distinct
+    pattern and compared at float32 resolution.
 
     Parameters
     ----------
@@ -681,16 +696,9 @@ def count_linear_regions(estimator: Any, X: Any) -> tuple[int, int]:
     n_jacobians : int
         Number of distinct Jacobians of the output (lower bound).
     """
-    patterns = activation_patterns(estimator, X)
+    patterns = activation_patterns(estimator, X, precision="float64")
     _, representatives = np.unique(patterns, axis=0, return_index=True)
     fitted = _unwrap(estimator, X)
-    x = fitted.x[np.sort(representatives)]
-    module = fitted.module
-    jacobians = []
-    with torch.no_grad():
-        for start in range(0, len(x), 64):
-            xb = torch.from_numpy(x[start : start + 64]).float()
-            lin = linearize(module, xb, "basis")
-            jacobians.append(lin.output_tangents.reshape(len(xb), -1).float().numpy())
-    n_jacobians = len(np.unique(np.concatenate(jacobians), axis=0)) if jacobians else 0
-    return len(representatives), n_jacobians
+    jacobians = _output_jacobians(float64_copy(fitted.module), fitted.x[np.sort(representatives)])
+    jacobians = np.nan_to_num(jacobians.astype(np.float32))
+    return len(representatives), len(np.unique(jacobians, axis=0)) if len(jacobians) else 0
