@@ -63,3 +63,17 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def percentiles(values, scale: float = 1.0) -> dict:
+    """P25 / P50 / P75 / P100 of certified margins, multiplied by ``scale``."""
+    values = np.asarray(values, dtype=float) * scale
+    return {f"P{q}": float(np.percentile(values, q)) for q in (25, 50, 75, 100)}
+
+
+def select(candidates: list[dict], baseline: dict, drop: float) -> dict | None:
+    """The candidate with the largest validation median margin whose validation
+    accuracy is at least the baseline's minus ``drop`` (the paper's rule); None if
+    no candidate qualifies."""
+    eligible = [c for c in candidates if c["valid_accuracy"] >= baseline["valid_accuracy"] - drop]
+    return max(eligible, key=lambda c: c["valid_median_l2_margin"], default=None)
