@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +79,135 @@ def select(candidates: list[dict], baseline: dict, drop: float) -> dict | None:
     no candidate qualifies."""
     eligible = [c for c in candidates if c["valid_accuracy"] >= baseline["valid_accuracy"] - drop]
     return max(eligible, key=lambda c: c["valid_median_l2_margin"], default=None)
+
+
+DROPS = {"equal accuracy": 0.003, "1 point lower": 0.01}
+
+
+def fit_grid(
+    cache: str,
+    settings: list[tuple[float, float]],
+    make: Callable[[float, float], object],
+    X,
+    y,
+    X_valid,
+    y_valid,
+    scale: float = 1.0,
+) -> list[dict]:
+    """Fit one model per (lam, C), or load it from ``.cache/<cache>/``, and measure it
+    on the validation split: accuracy and median certified l2 margin (times ``scale``).
+
+    Fitted models are cached so that an interrupted run resumes where it stopped.
+    """
+    folder = RESULTS.parent / ".cache" / cache
+    folder.mkdir(parents=True, exist_ok=True)
+    candidates = []
+    for lam, C in settings:
+        path = folder / f"lam{lam}_C{C}.pkl"
+        if path.exists():
+            model, seconds = pickle.loads(path.read_bytes())
+        else:
+            start = time.perf_counter()
+            model = make(lam, C).fit(X, y)
+            seconds = time.perf_counter() - start
+            path.write_bytes(pickle.dumps((model, seconds)))
+        record = {
+            "lam": lam,
+            "C": C,
+            "fit_seconds": seconds,
+            "model": model,
+            "valid_accuracy": model.score(X_valid, y_valid),
+            "valid_median_l2_margin": float(np.median(model.certified_margin(X_valid))) * scale,
+        }
+        if "valid_loss" in model.history[-1]:
+            record["best_epoch"] = int(np.argmin(model.history[:, "valid_loss"])) + 1
+        candidates.append(record)
+        print({k: v for k, v in record.items() if k != "model"}, flush=True)
+    return candidates
+
+
+def choose(candidates: list[dict]) -> dict[str, dict | None]:
+    """Plain training (the first candidate) and the paper's two selections."""
+    vanilla = candidates[0]
+    chosen = {"vanilla": vanilla}
+    chosen.update({name: select(candidates[1:], vanilla, drop) for name, drop in DROPS.items()})
+    return chosen
+
+
+def evaluate(chosen: dict[str, dict | None], X_test, y_test, scale: float = 1.0) -> dict:
+    """Test accuracy, #CLR bounds and l1 / l2 margin percentiles of the selected models."""
+    from sklearn_roll.regions import count_linear_regions
+
+    table = {}
+    for name, c in chosen.items():
+        if c is None:
+            continue
+        model = c["model"]
+        n_patterns, n_jacobians = count_linear_regions(model, X_test)
+        table[name] = {
+            "lam": c["lam"],
+            "C": c["C"],
+            "valid_accuracy": c["valid_accuracy"],
+            "test_accuracy": model.score(X_test, y_test),
+            "n_patterns": n_patterns,
+            "n_jacobians": n_jacobians,
+            "l2": percentiles(model.certified_margin(X_test, p=2), scale),
+            "l1": percentiles(model.certified_margin(X_test, p=1), scale),
+        }
+    return table
+
+
+def selection_markdown(
+    table: dict, paper: dict[str, tuple[float, float]], candidates: list[dict]
+) -> str:
+    """The results table beside the paper's figures, and every candidate's validation scores."""
+    rows = []
+    for name, (paper_acc, paper_margin) in paper.items():
+        ratio = paper_margin / paper["vanilla"][1]
+        paper_text = f"{paper_acc:.2f} / {paper_margin:.1e} / {ratio:.1f}x"
+        r = table.get(name)
+        if r is None:
+            rows.append([name, "no candidate qualified", "-", "-", "-", "-", "-", paper_text])
+            continue
+        rows.append(
+            [
+                name,
+                "-" if name == "vanilla" else f"{r['lam']:g} / {r['C']:g}",
+                f"{r['test_accuracy']:.3f}",
+                f"{r['n_jacobians']} - {r['n_patterns']}",
+                " / ".join(f"{r['l1'][q]:.1e}" for q in ("P25", "P50", "P75", "P100")),
+                " / ".join(f"{r['l2'][q]:.1e}" for q in ("P25", "P50", "P75", "P100")),
+                f"{r['l2']['P50'] / table['vanilla']['l2']['P50']:.1f}x",
+                paper_text,
+            ]
+        )
+    header = [
+        "model",
+        "lam / C",
+        "test accuracy",
+        "#CLR (lower - upper)",
+        "l1 margin P25 / P50 / P75 / P100",
+        "l2 margin P25 / P50 / P75 / P100",
+        "median l2 vs vanilla",
+        "paper: accuracy / median l2 / ratio",
+    ]
+    valid_rows = [
+        [
+            c["lam"],
+            c["C"],
+            f"{c['valid_accuracy']:.4f}",
+            f"{c['valid_median_l2_margin']:.2e}",
+            c.get("best_epoch", "-"),
+            f"{c['fit_seconds']:.0f}",
+        ]
+        for c in candidates
+    ]
+    return (
+        markdown_table(header, rows)
+        + "\n\nValidation accuracy and median l2 margin of every candidate:\n\n"
+        + markdown_table(
+            ["lam", "C", "valid accuracy", "valid median l2 margin", "best epoch", "fit (s)"],
+            valid_rows,
+        )
+        + "\n"
+    )

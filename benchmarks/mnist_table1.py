@@ -22,7 +22,6 @@ benchmarks/results/training_speed.md), so the grid trains with the approximate l
 from __future__ import annotations
 
 import argparse
-import pickle
 import time
 
 import numpy as np
@@ -31,10 +30,9 @@ from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 from torch.optim import SGD
 
-from _common import RESULTS, markdown_table, percentiles, select, write
+from _common import choose, evaluate, fit_grid, selection_markdown, write
 from sklearn_roll import ROLLClassifier
 from sklearn_roll.datasets import load_mnist
-from sklearn_roll.regions import count_linear_regions
 
 SEED = 0
 MEAN, STD = 0.1307, 0.3081
@@ -80,74 +78,17 @@ def main(quick: bool, approx: int, method: str) -> None:
     epochs = 2 if quick else 20
     grid = [(2.0, 1.0)] if quick else GRID
     valid = Dataset(Xva.astype(np.float32), yva.astype(np.int64))
-    cache = RESULTS.parent / ".cache" / ("mnist_quick" if quick else f"mnist_{approx}_{method}")
-    cache.mkdir(parents=True, exist_ok=True)
-    candidates = []
-    for lam, C in [(0.0, 0.0)] + grid:
-        path = cache / f"lam{lam}_C{C}.pkl"
-        if path.exists():
-            clf, seconds = pickle.loads(path.read_bytes())
-        else:
-            start = time.perf_counter()
-            clf = model(lam, C, epochs, valid, approx, method).fit(Xtr, ytr)
-            seconds = time.perf_counter() - start
-            path.write_bytes(pickle.dumps((clf, seconds)))
-        record = {
-            "lam": lam,
-            "C": C,
-            "fit_seconds": seconds,
-            "model": clf,
-            "best_epoch": int(np.argmin(clf.history[:, "valid_loss"])) + 1,
-            "valid_accuracy": clf.score(Xva, yva),
-            "valid_median_l2_margin": float(np.median(clf.certified_margin(Xva))) * STD,
-        }
-        candidates.append(record)
-        print({k: v for k, v in record.items() if k != "model"}, flush=True)
-    vanilla = candidates[0]
-    chosen = {
-        "vanilla": vanilla,
-        "equal accuracy": select(candidates[1:], vanilla, 0.003),
-        "1 point lower": select(candidates[1:], vanilla, 0.01),
-    }
-    table = {}
-    for name, c in chosen.items():
-        if c is None:
-            continue
-        clf = c["model"]
-        m2 = clf.certified_margin(Xte, p=2)
-        m1 = clf.certified_margin(Xte, p=1)
-        n_patterns, n_jacobians = count_linear_regions(clf, Xte)
-        table[name] = {
-            "lam": c["lam"],
-            "C": c["C"],
-            "best_epoch": c["best_epoch"],
-            "valid_accuracy": c["valid_accuracy"],
-            "test_accuracy": clf.score(Xte, yte),
-            "n_patterns": n_patterns,
-            "n_jacobians": n_jacobians,
-            "l2": percentiles(m2, STD),
-            "l1": percentiles(m1, STD),
-        }
-    rows = []
-    for name in chosen:
-        paper_acc, paper_margin = PAPER[name]
-        paper = f"{paper_acc:.2f} / {paper_margin:.1e} / {paper_margin / PAPER['vanilla'][1]:.0f}x"
-        r = table.get(name)
-        if r is None:
-            rows.append([name, "no candidate qualified", "-", "-", "-", "-", "-", paper])
-            continue
-        rows.append(
-            [
-                name,
-                "-" if name == "vanilla" else f"{r['lam']:g} / {r['C']:g}",
-                f"{r['test_accuracy']:.3f}",
-                f"{r['n_jacobians']} - {r['n_patterns']}",
-                " / ".join(f"{r['l1'][q]:.1e}" for q in ("P25", "P50", "P75", "P100")),
-                " / ".join(f"{r['l2'][q]:.1e}" for q in ("P25", "P50", "P75", "P100")),
-                f"{r['l2']['P50'] / table['vanilla']['l2']['P50']:.1f}x",
-                paper,
-            ]
-        )
+    candidates = fit_grid(
+        "mnist_quick" if quick else f"mnist_{approx}_{method}",
+        [(0.0, 0.0)] + grid,
+        lambda lam, C: model(lam, C, epochs, valid, approx, method),
+        Xtr,
+        ytr,
+        Xva,
+        yva,
+        scale=STD,
+    )
+    table = evaluate(choose(candidates), Xte, yte, scale=STD)
     loss = "exact" if not approx else f"approximate ({approx} {method} per example)"
     text = (
         f"# MNIST, 4x300 ReLU MLP (the paper's Table 1)\n\n"
@@ -155,38 +96,9 @@ def main(quick: bool, approx: int, method: str) -> None:
         f"epochs of SGD (lr 0.01, momentum 0.5, Nesterov, batch 64), best epoch by "
         f"validation loss; ROLL with the {loss} loss, gamma = 100, selected on validation "
         f"over lam x C in {sorted({g[0] for g in grid})} x {sorted({g[1] for g in grid})}. "
-        "Margins in [0, 1] pixel units.\n\n"
-        + markdown_table(
-            [
-                "model",
-                "lam / C",
-                "test accuracy",
-                "#CLR (lower - upper)",
-                "l1 margin P25 / P50 / P75 / P100",
-                "l2 margin P25 / P50 / P75 / P100",
-                "median l2 vs vanilla",
-                "paper: accuracy / median l2 / ratio",
-            ],
-            rows,
-        )
-        + "\n\nValidation accuracy and median l2 margin of every candidate:\n\n"
-        + markdown_table(
-            ["lam", "C", "valid accuracy", "valid median l2 margin", "best epoch", "fit (s)"],
-            [
-                [
-                    c["lam"],
-                    c["C"],
-                    f"{c['valid_accuracy']:.4f}",
-                    f"{c['valid_median_l2_margin']:.2e}",
-                    c["best_epoch"],
-                    f"{c['fit_seconds']:.0f}",
-                ]
-                for c in candidates
-            ],
-        )
-        + "\n"
+        "Margins in [0, 1] pixel units.\n\n" + selection_markdown(table, PAPER, candidates)
     )
-    data_out = {
+    out = {
         "seed": SEED,
         "epochs": epochs,
         "loss": loss,
@@ -195,7 +107,7 @@ def main(quick: bool, approx: int, method: str) -> None:
         "wall_seconds": time.perf_counter() - wall,
     }
     print(text)
-    print(f"wrote {write('mnist_table1', text, data_out, quick)}")
+    print(f"wrote {write('mnist_table1', text, out, quick)}")
 
 
 if __name__ == "__main__":

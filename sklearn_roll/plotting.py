@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_margin_distribution"]
+__all__ = [
+    "plot_certified_balls",
+    "plot_decision_surface",
+    "plot_gradients",
+    "plot_linear_regions",
+    "plot_margin_distribution",
+    "plot_stability_bounds",
+]
 
 
 def _pyplot():
@@ -61,4 +68,217 @@ def plot_margin_distribution(
     ax.set_ylabel("fraction of samples")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    return ax
+
+
+def _grid(xlim: tuple[float, float], ylim: tuple[float, float], resolution: int) -> tuple:
+    xs = np.linspace(*xlim, resolution)
+    ys = np.linspace(*ylim, resolution)
+    gx, gy = np.meshgrid(xs, ys)
+    return gx, gy, np.c_[gx.ravel(), gy.ravel()]
+
+
+def plot_linear_regions(
+    estimator: Any,
+    xlim: tuple[float, float],
+    ylim: tuple[float, float],
+    *,
+    resolution: int = 300,
+    ax: Any = None,
+    cmap: str = "tab20",
+) -> Any:
+    """Draw the linear regions of a network on 2-D input, one colour per activation pattern.
+
+    Parameters
+    ----------
+    estimator : ROLLClassifier or ROLLRegressor
+        Fitted on 2 features.
+    xlim, ylim : tuple of float
+        The window.
+    resolution : int, default=300
+        Grid points per axis.
+    ax : matplotlib Axes or None, default=None
+        Where to draw; None creates a new figure.
+    cmap : str, default="tab20"
+        Colour map cycled over the regions.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    from .regions import activation_patterns
+
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    gx, gy, points = _grid(xlim, ylim, resolution)
+    patterns = activation_patterns(estimator, points)
+    _, region = np.unique(patterns, axis=0, return_inverse=True)
+    # Shuffle region ids so that neighbouring regions get unrelated colours.
+    colours = np.random.RandomState(0).permutation(region.max() + 1)[region.ravel()] % 20
+    ax.pcolormesh(gx, gy, colours.reshape(gx.shape), cmap=cmap, shading="auto", alpha=0.35)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
+    return ax
+
+
+def plot_decision_surface(
+    estimator: Any,
+    xlim: tuple[float, float],
+    ylim: tuple[float, float],
+    *,
+    resolution: int = 300,
+    ax: Any = None,
+    cmap: str = "RdBu",
+) -> Any:
+    """Heat map of the predicted probability of the second class (or of the output).
+
+    Parameters
+    ----------
+    estimator : ROLLClassifier or ROLLRegressor
+        Fitted on 2 features.
+    xlim, ylim : tuple of float
+        The window.
+    resolution : int, default=300
+        Grid points per axis.
+    ax : matplotlib Axes or None, default=None
+        Where to draw; None creates a new figure.
+    cmap : str, default="RdBu"
+        Colour map.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    gx, gy, points = _grid(xlim, ylim, resolution)
+    if hasattr(estimator, "predict_proba"):
+        values = estimator.predict_proba(points)[:, -1]
+    else:
+        values = estimator.predict(points).reshape(len(points), -1)[:, 0]
+    ax.contourf(gx, gy, values.reshape(gx.shape), levels=20, cmap=cmap, alpha=0.6)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
+    return ax
+
+
+def plot_certified_balls(
+    estimator: Any, X: np.ndarray, *, ax: Any = None, color: str = "k", **kwargs: Any
+) -> Any:
+    """Circles of the certified l2 margin around 2-D points, with the points.
+
+    Parameters
+    ----------
+    estimator : ROLLClassifier or ROLLRegressor
+        Fitted on 2 features.
+    X : ndarray of shape (n_samples, 2)
+        Centres.
+    ax : matplotlib Axes or None, default=None
+        Where to draw; None creates a new figure.
+    color : str, default="k"
+        Colour of the circles.
+    **kwargs
+        Passed to :func:`sklearn_roll.regions.certified_margin` (e.g. precision).
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    from matplotlib.patches import Circle
+
+    from .regions import certified_margin
+
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    radii = certified_margin(estimator, X, 2, **kwargs)
+    for centre, radius in zip(X, radii):
+        if np.isfinite(radius):
+            ax.add_patch(Circle(centre, radius, fill=False, color=color, lw=0.8))
+    ax.scatter(X[:, 0], X[:, 1], s=6, color=color, zorder=3)
+    return ax
+
+
+def plot_gradients(
+    estimator: Any, X: np.ndarray, *, target: Any = None, ax: Any = None, scale: float | None = None
+) -> Any:
+    """Arrows of the input gradient (the explanation) at 2-D points.
+
+    Parameters
+    ----------
+    estimator : ROLLClassifier or ROLLRegressor
+        Fitted on 2 features.
+    X : ndarray of shape (n_samples, 2)
+        Where to draw arrows.
+    target : label or None, default=None
+        Passed to :func:`sklearn_roll.regions.explain`.
+    ax : matplotlib Axes or None, default=None
+        Where to draw; None creates a new figure.
+    scale : float or None, default=None
+        matplotlib's quiver scale; None autoscales.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    from .regions import explain
+
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    grads = explain(estimator, X, target)
+    ax.quiver(X[:, 0], X[:, 1], grads[:, 0], grads[:, 1], angles="xy", scale=scale, width=0.004)
+    return ax
+
+
+def plot_stability_bounds(
+    sequence: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    *,
+    channels: list[int] | None = None,
+    ax: Any = None,
+    clip: float | None = None,
+) -> Any:
+    """A sequence's channels over time with their per-value stability bounds.
+
+    For each channel, the band ``[x + lower, x + upper]`` shows how far each value
+    can move alone with the input gradient provably unchanged (the paper's Figure 3).
+
+    Parameters
+    ----------
+    sequence : ndarray of shape (T, n_channels)
+        The input values.
+    lower, upper : ndarray of shape (T, n_channels)
+        From :func:`sklearn_roll.regions.stability_bounds`.
+    channels : list of int or None, default=None
+        Channels to draw; None draws all.
+    ax : matplotlib Axes or None, default=None
+        Where to draw; None creates a new figure.
+    clip : float or None, default=None
+        Clip infinite or larger bounds to this value for drawing.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    channels = list(range(sequence.shape[1])) if channels is None else channels
+    steps = np.arange(len(sequence))
+    limit = np.inf if clip is None else clip
+    for c in channels:
+        line = ax.plot(steps, sequence[:, c], lw=1)[0]
+        lo = np.maximum(lower[:, c], -limit)
+        hi = np.minimum(upper[:, c], limit)
+        ax.fill_between(
+            steps, sequence[:, c] + lo, sequence[:, c] + hi, color=line.get_color(), alpha=0.25
+        )
+    ax.set_xlabel("time step")
+    ax.set_ylabel("value")
     return ax

@@ -189,3 +189,12 @@ def test_japanese_vowels_smoke():
     ).fit([X[i] for i in train], y[train])
     assert clf.score(X_test, y_test) > 2 / 9
     assert np.all(clf.certified_margin(X_test[:10]) > 0)
+
+
+def test_orthogonal_rnn_estimator_pickles(rnn_model):
+    import pickle
+
+    clf, X = rnn_model
+    other = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(other.predict_proba(X), clf.predict_proba(X))
+    np.testing.assert_array_equal(other.certified_margin(X), clf.certified_margin(X))

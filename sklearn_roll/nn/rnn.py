@@ -59,6 +59,14 @@ class ElmanRNN(nn.Module):
         orthogonal_recurrence: bool = False,
     ) -> None:
         super().__init__()
+        self._init_kwargs = {
+            "n_features": n_features,
+            "n_outputs": n_outputs,
+            "hidden_layer_sizes": tuple(hidden_layer_sizes),
+            "activation": activation,
+            "negative_slope": negative_slope,
+            "orthogonal_recurrence": orthogonal_recurrence,
+        }
         self.inputs = nn.ModuleList()
         self.recurrent = nn.ModuleList()
         width = n_features
@@ -71,6 +79,20 @@ class ElmanRNN(nn.Module):
             width = size
         self.act = make_activation(activation, negative_slope)
         self.out = nn.Linear(width, n_outputs)
+
+    def __getstate__(self) -> dict:
+        # torch refuses to pickle parametrized modules (the orthogonal recurrence);
+        # pickle the constructor arguments and the state dict instead.
+        return {
+            "init": self._init_kwargs,
+            "state": self.state_dict(),
+            "training": self.training,
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["init"])
+        self.load_state_dict(state["state"])
+        self.train(state["training"])
 
     def forward(self, x: Tensor) -> Tensor:
         valid = ~torch.isnan(x).all(dim=2)
