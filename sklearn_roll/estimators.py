@@ -273,7 +273,7 @@ class _ROLLMixin:
 
     # ------------------------------------------------------------ certificates
 
-    def certified_margin(self, X, p=2, *, precision="float32", batch_size=None):
+    def certified_margin(self, X, p=2, *, precision="float32", batch_size=None, progress=False):
         """Certified l_p margin of each sample's linear region.
 
         See :func:`sklearn_roll.regions.certified_margin`.
@@ -288,12 +288,16 @@ class _ROLLMixin:
             Arithmetic of the certificate.
         batch_size : int or None, default=None
             Samples per batch; None keeps the tangent tensors near 64 MiB.
+        progress : bool, default=False
+            Show a tqdm progress bar over the batches.
 
         Returns
         -------
         ndarray of shape (n_samples,)
         """
-        return regions.certified_margin(self, X, p, precision=precision, batch_size=batch_size)
+        return regions.certified_margin(
+            self, X, p, precision=precision, batch_size=batch_size, progress=progress
+        )
 
     def explain(self, X, target=None, *, precision="float32"):
         """Exact input gradient of the target's logit (or of the output).

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
-from sklearn.datasets import load_wine
+from sklearn.datasets import load_digits, load_wine
 from sklearn.decomposition import PCA, IncrementalPCA, TruncatedSVD
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
@@ -74,13 +74,14 @@ PREPROCESSORS = {
     "minmax": lambda: MinMaxScaler(feature_range=(-1, 2)),
     "pca_whiten": lambda: PCA(n_components=8, whiten=True),
     "standard_user_module": lambda: StandardScaler(),
+    "pca_user_module": lambda: PCA(n_components=6, whiten=True),
 }
 
 
 @pytest.fixture(scope="module", params=list(PREPROCESSORS))
 def pipe(request, raw_wine):
     X, y = raw_wine
-    module = Residual if request.param == "standard_user_module" else "mlp"
+    module = Residual if request.param.endswith("user_module") else "mlp"
     est = ROLLClassifier(module, **SMALL)
     return make_pipeline(PREPROCESSORS[request.param](), est).fit(X, y)
 
@@ -159,6 +160,22 @@ def test_every_certificate_takes_the_pipeline(pipe, raw_wine):
     assert np.all(radius <= certified_margin(pipe, X, precision="float64"))
     n_patterns, n_jacobians = count_linear_regions(pipe, X)
     assert n_patterns == len(np.unique(pattern(network, inner), axis=0)) >= n_jacobians >= 1
+
+
+def test_flattened_images_behind_a_scaler():
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:200], y[:200]
+    cnn = ROLLClassifier(
+        "cnn", input_shape=(1, 8, 8), hidden_layer_sizes=(2,), max_epochs=1, random_state=0
+    )
+    pipe = make_pipeline(MinMaxScaler(), cnn).fit(X, y)
+    A, _ = _affine_of(pipe[:-1].transform, 64)
+    images = pipe[:-1].transform(X[:2]).reshape(-1, 1, 8, 8)
+    z, g = unit_gradients(_network64(pipe), images)
+    np.testing.assert_allclose(
+        certified_margin(pipe, X[:2], precision="float64"), margins(z, g @ A, 2), rtol=1e-9
+    )
+    assert explain(pipe, X[:2]).shape == (2, 64)
 
 
 STEPS = {

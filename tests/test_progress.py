@@ -36,6 +36,7 @@ def test_certificates_show_a_bar_over_batches_only_when_asked(clf, iris, capsys)
         lambda: stability_bounds(clf, X, batch_size=50, progress=True),
         lambda: explain(clf, X, batch_size=50, progress=True),
         lambda: count_linear_regions(clf, X, progress=True),
+        lambda: clf.certified_margin(X, batch_size=50, progress=True),
     ]
     for call in calls:
         call()
