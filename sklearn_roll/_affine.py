@@ -209,8 +209,9 @@ def affine_map(step: Any, name: str) -> AffineMap | None:
         check_is_fitted(step)
         return _BUILTIN[type(step)](step)
     raise ValueError(
-        f"Step '{name}' ({type(step).__name__}) is not an affine map, so it cannot be folded "
-        "into the network and certificates in raw feature units do not exist. Supported: "
+        f"Step '{name}' ({type(step).__name__}) is not an affine map that sklearn-roll can "
+        "fold into the network, so certificates in raw feature units cannot be computed. "
+        "Supported: "
         f"{', '.join(sorted(t.__name__ for t in _BUILTIN))}, 'passthrough', nested "
         "Pipelines, and transformers that declare themselves affine with a method "
         "roll_affine_map() -> (A, c). Otherwise, transform X yourself and pass the fitted "

@@ -18,6 +18,7 @@ trade-off a fitted search explored::
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -78,7 +79,7 @@ class _BestMarginWithin:
 
 def best_margin_within(
     tolerance: float = 0.01, score: str = "accuracy", margin: str = "margin"
-) -> Any:
+) -> Callable[[dict], int]:
     """Refit rule: largest mean margin among candidates that keep the score.
 
     Among the candidates whose mean test ``score`` is at least the best mean test
