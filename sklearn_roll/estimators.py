@@ -163,7 +163,8 @@ class _ROLLMixin:
     @property
     def _default_callbacks(self):
         callbacks = list(super()._default_callbacks)
-        if self.verbose >= 2:
+        # get_params reads this property, so an invalid verbose must not raise here.
+        if isinstance(self.verbose, Real) and self.verbose >= 2:
             callbacks.append(("progress_bar", ProgressBar()))
         return callbacks
 
