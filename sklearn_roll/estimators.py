@@ -360,8 +360,9 @@ _COMMON_DOC = """
         Seeds weight initialisation, batch shuffling and probes; with an int, two
         fits give bit-identical networks.
     n_threads : int or None, default=None
-        torch threads during fit and predict; None leaves torch's setting alone.
-        Set it to 1 when folds run in parallel.
+        torch threads during fit, predict and the scorers of
+        :mod:`sklearn_roll.metrics`; None leaves torch's setting alone. Set it to 1
+        when folds run in parallel (joblib, dask or Ray workers).
     optimizer : torch optimizer class, default=torch.optim.Adam
     lr : float, default=1e-3
     max_epochs : int, default=50
