@@ -23,7 +23,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted
 from skorch import NeuralNetClassifier, NeuralNetRegressor
-from skorch.callbacks import EpochScoring
+from skorch.callbacks import EpochScoring, ProgressBar
 from skorch.dataset import unpack_data
 from skorch.utils import is_dataset, to_numpy, to_tensor
 from torch import nn
@@ -87,20 +87,26 @@ class _ROLLMixin:
             )
 
     @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Set torch's thread count to ``n_threads`` (if set), restoring it after."""
+        threads = torch.get_num_threads()
+        try:
+            if self.n_threads is not None:
+                torch.set_num_threads(self.n_threads)
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+    @contextlib.contextmanager
     def _torch_context(self) -> Iterator[None]:
         """Seed torch from random_state and set its thread count, restoring both after."""
-        threads = torch.get_num_threads()
         with contextlib.ExitStack() as stack:
             if self.random_state is not None:
                 seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
                 stack.enter_context(torch.random.fork_rng(devices=[]))
                 torch.manual_seed(seed)
-            if self.n_threads is not None:
-                torch.set_num_threads(self.n_threads)
-            try:
-                yield
-            finally:
-                torch.set_num_threads(threads)
+            stack.enter_context(self._threads())
+            yield
 
     def _data_sizes(self) -> dict:
         """Sizes the data fixed at fit, under the names modules take them by."""
@@ -153,6 +159,14 @@ class _ROLLMixin:
                 check_supported(self.module_, sample)
         finally:
             self.module_.train(was_training)
+
+    @property
+    def _default_callbacks(self):
+        callbacks = list(super()._default_callbacks)
+        # get_params reads this property, so an invalid verbose must not raise here.
+        if isinstance(self.verbose, Real) and self.verbose >= 2:
+            callbacks.append(("progress_bar", ProgressBar()))
+        return callbacks
 
     def check_data(self, X, y=None):
         """Input is validated in fit; skorch's own class inference is not used."""
@@ -251,22 +265,16 @@ class _ROLLMixin:
         module = float64_copy(self.module_)
         nonlinearity = self._get_predict_nonlinearity()
         size = len(x) if self.batch_size == -1 else self.batch_size
-        threads = torch.get_num_threads()
         outputs = []
-        try:
-            if self.n_threads is not None:
-                torch.set_num_threads(self.n_threads)
-            with torch.no_grad():
-                for start in range(0, len(x), size):
-                    xb = torch.from_numpy(x[start : start + size]).to(torch.float64)
-                    outputs.append(nonlinearity(first_output(module(xb))).numpy())
-        finally:
-            torch.set_num_threads(threads)
+        with self._threads(), torch.no_grad():
+            for start in range(0, len(x), size):
+                xb = torch.from_numpy(x[start : start + size]).to(torch.float64)
+                outputs.append(nonlinearity(first_output(module(xb))).numpy())
         return np.concatenate(outputs)
 
     # ------------------------------------------------------------ certificates
 
-    def certified_margin(self, X, p=2, *, precision="float32", batch_size=None):
+    def certified_margin(self, X, p=2, *, precision="float32", batch_size=None, progress=False):
         """Certified l_p margin of each sample's linear region.
 
         See :func:`sklearn_roll.regions.certified_margin`.
@@ -281,12 +289,16 @@ class _ROLLMixin:
             Arithmetic of the certificate.
         batch_size : int or None, default=None
             Samples per batch; None keeps the tangent tensors near 64 MiB.
+        progress : bool, default=False
+            Show a tqdm progress bar over the batches.
 
         Returns
         -------
         ndarray of shape (n_samples,)
         """
-        return regions.certified_margin(self, X, p, precision=precision, batch_size=batch_size)
+        return regions.certified_margin(
+            self, X, p, precision=precision, batch_size=batch_size, progress=progress
+        )
 
     def explain(self, X, target=None, *, precision="float32"):
         """Exact input gradient of the target's logit (or of the output).
@@ -348,8 +360,9 @@ _COMMON_DOC = """
         Seeds weight initialisation, batch shuffling and probes; with an int, two
         fits give bit-identical networks.
     n_threads : int or None, default=None
-        torch threads during fit and predict; None leaves torch's setting alone.
-        Set it to 1 when folds run in parallel.
+        torch threads during fit, predict and the scorers of
+        :mod:`sklearn_roll.metrics`; None leaves torch's setting alone. Set it to 1
+        when folds run in parallel (joblib, dask or Ray workers).
     optimizer : torch optimizer class, default=torch.optim.Adam
     lr : float, default=1e-3
     max_epochs : int, default=50
@@ -357,7 +370,9 @@ _COMMON_DOC = """
     train_split : callable or None, default=None
         skorch's internal validation split; None trains on all the data.
     verbose : int, default=0
-        1 prints skorch's epoch table.
+        1 prints skorch's epoch table; 2 or more also shows a progress bar over the
+        batches of each epoch (skorch's ``ProgressBar`` callback, added to the default
+        callbacks).
     **kwargs
         Everything else skorch accepts: ``module__*``, ``optimizer__*``,
         ``callbacks``, ``device``, ``iterator_train__*``, ``warm_start``, ...

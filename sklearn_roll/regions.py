@@ -4,7 +4,19 @@ The first half of this module is the math: it turns a
 :class:`~sklearn_roll.linearize.Linearization` into l_p margins, directional margins,
 per-coordinate stability bounds and decision radii. The second half holds the public
 functions, which take a fitted ROLL estimator, unwrap its module and input
-conversion, and call that math batch by batch so memory stays bounded.
+conversion, and call that math batch by batch so memory stays bounded
+(``progress=True`` shows a progress bar over the batches).
+
+Pipelines. Every public function also takes a fitted ``Pipeline`` whose last step is a
+ROLL estimator and whose other steps are affine maps ``x -> A x + c``:
+``StandardScaler``, ``RobustScaler``, ``MinMaxScaler`` and ``MaxAbsScaler`` (without
+clipping), ``PCA`` and ``IncrementalPCA`` (whitened or not), ``TruncatedSVD``,
+``"passthrough"``, nested pipelines of these, and any transformer that declares its map
+with a method ``roll_affine_map()`` returning ``(A, c)`` such that
+``transform(X) == X @ A.T + c`` (``A`` of shape (n_outputs, n_inputs), or (n_features,)
+for a feature-wise map). The steps are folded into the network in float64, so margins,
+bounds and gradients concern the composed function and are in the units of the raw
+features that the pipeline receives. Any other step raises a ``ValueError`` naming it.
 
 Precision. Certificates concern the network as a real-valued function of its
 weights. With ``precision="float64"`` everything is computed in float64. With
@@ -16,18 +28,22 @@ the Jacobian cannot make a margin over-claim.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import is_classifier
+from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
+from tqdm import tqdm
 
+from ._affine import check_raw_input, fold, split_pipeline
 from .linearize import (
     Linearization,
     first_output,
@@ -250,26 +266,101 @@ def decision_distance(lin: Linearization, p: float, output: Tensor, rtol: float 
 
 @dataclasses.dataclass
 class _Fitted:
-    """What the certificates need from a fitted estimator."""
+    """What the certificates need from a fitted estimator or pipeline.
+
+    ``module`` is the network in its own precision; ``module64``, when set, is the
+    float64 network the certificates concern (a pipeline's network folded with its
+    preprocessing, from which ``module`` was derived); otherwise it is a float64 copy
+    of ``module``. ``inputs`` validates more arrays (directions) in the layout of ``x``.
+    """
 
     module: nn.Module
     x: np.ndarray
     restore: Callable[[np.ndarray], Any]
     classes: np.ndarray | None
+    inputs: Callable[[Any], tuple[np.ndarray, Callable[[np.ndarray], Any]]]
+    module64: nn.Module | None = None
+
+    def exact_module(self) -> nn.Module:
+        """The float64 network, in eval mode."""
+        return float64_copy(self.module) if self.module64 is None else self.module64
 
 
-def _unwrap(estimator: Any, X: Any) -> _Fitted:
+def _final_estimator(estimator: Any) -> Any:
+    """The ROLL estimator behind ``estimator``: itself, or a pipeline's last step.
+
+    Parameters
+    ----------
+    estimator : ROLLClassifier, ROLLRegressor or Pipeline
+        A fitted estimator, or a fitted pipeline ending in one.
+
+    Returns
+    -------
+    ROLLClassifier or ROLLRegressor
+
+    Raises
+    ------
+    TypeError
+        If there is no ROLL estimator, naming the estimator or the pipeline step.
+    NotFittedError
+        If it is not fitted.
+    """
+    if isinstance(estimator, Pipeline):
+        return split_pipeline(estimator)[1]
     if not hasattr(estimator, "_roll_input"):
         raise TypeError(
             f"{type(estimator).__name__} is not a sklearn-roll estimator; pass a fitted "
-            "ROLLClassifier or ROLLRegressor."
+            "ROLLClassifier or ROLLRegressor, or a Pipeline ending in one."
         )
     check_is_fitted(estimator)
+    return estimator
+
+
+def _unwrap(estimator: Any, X: Any) -> _Fitted:
+    if isinstance(estimator, Pipeline):
+        return _unwrap_pipeline(estimator, X)
+    _final_estimator(estimator)
     x, restore = estimator._roll_input(X)
     module = estimator.module_
     module.eval()
     classes = estimator.classes_ if is_classifier(estimator) else None
-    return _Fitted(module=module, x=x, restore=restore, classes=classes)
+    return _Fitted(
+        module=module, x=x, restore=restore, classes=classes, inputs=estimator._roll_input
+    )
+
+
+def _unwrap_pipeline(pipeline: Pipeline, X: Any) -> _Fitted:
+    """Fold the pipeline's affine steps into its network: certificates in raw units."""
+    amap, estimator = split_pipeline(pipeline)
+    if amap is None:
+        return _unwrap(estimator, X)
+    module64 = fold(float64_copy(estimator.module_), amap, _module_input_shape(estimator))
+    # The working copy keeps the network's own precision, as for a bare estimator.
+    module = copy.deepcopy(module64).to(next(_dtypes(estimator.module_)))
+
+    def inputs(data: Any) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
+        return check_raw_input(pipeline, data, amap.n_in), _identity
+
+    x, restore = inputs(X)
+    classes = estimator.classes_ if is_classifier(estimator) else None
+    return _Fitted(module, x, restore, classes, inputs=inputs, module64=module64)
+
+
+def _identity(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def _module_input_shape(estimator: Any) -> tuple[int, ...]:
+    """Shape of one sample as the estimator's network reads it."""
+    kind = getattr(estimator, "input_kind_", "tabular")
+    if kind == "image":
+        return tuple(estimator.image_shape_)
+    if kind == "sequence":
+        raise ValueError(
+            "A sequence model cannot follow affine preprocessing steps in a pipeline: they "
+            "transform 2-D tables, not sequences."
+        )
+    return (estimator.n_features_in_,)
 
 
 def _check_precision(precision: str) -> None:
@@ -303,13 +394,18 @@ def _dtypes(module: nn.Module) -> Iterator[torch.dtype]:
     yield torch.float32
 
 
+def _progress(batches: range, enabled: bool) -> Iterable[int]:
+    """The batch starts, under a tqdm bar when ``enabled``."""
+    return tqdm(batches, unit="batch", desc="sklearn-roll") if enabled else batches
+
+
 class _Evaluator:
     """Run linearizations batch by batch in the requested precision."""
 
     def __init__(self, fitted: _Fitted, precision: str) -> None:
         _check_precision(precision)
         self.fitted = fitted
-        self.exact = float64_copy(fitted.module)
+        self.exact = fitted.exact_module()
         self.work = self.exact if precision == "float64" else fitted.module
         self.dtype = torch.float64 if precision == "float64" else torch.float32
         self.rtol = 0.0 if precision == "float64" else FLOAT32_RTOL
@@ -319,12 +415,13 @@ class _Evaluator:
         tangents: str | Callable[[Tensor, slice], Tensor] | None,
         batch_size: int | None,
         reduce: Callable[[Tensor], Tensor] | None = None,
+        progress: bool = False,
     ) -> Iterator[tuple[slice, Linearization, Linearization]]:
         """Yield (rows, linearization in working precision, float64 record)."""
         x = self.fitted.x
         size = _batch_size(self.work, x, batch_size, None if callable(tangents) else tangents)
         with torch.no_grad():
-            for start in range(0, len(x), size):
+            for start in _progress(range(0, len(x), size), progress):
                 rows = slice(start, min(start + size, len(x)))
                 xb = torch.from_numpy(x[rows])
                 exact = record(self.exact, xb.double())
@@ -343,6 +440,7 @@ def certified_margin(
     *,
     precision: str = "float32",
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """Certified l_p margin of each sample's linear region.
 
@@ -352,10 +450,11 @@ def certified_margin(
 
     Parameters
     ----------
-    estimator : ROLLClassifier or ROLLRegressor
-        A fitted estimator.
+    estimator : ROLLClassifier, ROLLRegressor or Pipeline
+        A fitted estimator, or a fitted pipeline ending in one whose other steps are
+        affine (see *Pipelines* in the module docstring).
     X : array-like
-        Samples, in the layout the estimator was fitted on.
+        Samples, in the layout the estimator (or pipeline) was fitted on.
     p : {1, 2, np.inf}, default=2
         Order of the ball.
     precision : {"float32", "float64"}, default="float32"
@@ -363,6 +462,8 @@ def certified_margin(
         Jacobian in float32 and enlarges its norms by ``1 + FLOAT32_RTOL``.
     batch_size : int or None, default=None
         Samples per batch; None keeps the tangent tensors near 64 MiB.
+    progress : bool, default=False
+        Show a tqdm progress bar over the batches.
 
     Returns
     -------
@@ -382,7 +483,7 @@ def certified_margin(
     evaluator = _Evaluator(_unwrap(estimator, X), precision)
     out = np.empty(len(evaluator.fitted.x))
     tangents = "l2" if p == 2 else "basis"
-    for rows, lin, exact in evaluator.batches(tangents, batch_size, norm_reducer(p)):
+    for rows, lin, exact in evaluator.batches(tangents, batch_size, norm_reducer(p), progress):
         out[rows] = lp_margin(lin, exact.pre, evaluator.rtol).numpy()
     return out
 
@@ -394,6 +495,7 @@ def certified_radius(
     *,
     precision: str = "float32",
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """Certified robust radius: within it the prediction provably cannot change.
 
@@ -403,8 +505,9 @@ def certified_radius(
 
     Parameters
     ----------
-    estimator : ROLLClassifier
-        A fitted classifier.
+    estimator : ROLLClassifier or Pipeline
+        A fitted classifier, or a fitted pipeline ending in one whose other steps are
+        affine (see *Pipelines* in the module docstring).
     X : array-like
         Samples.
     p : {1, 2, np.inf}, default=2
@@ -413,6 +516,8 @@ def certified_radius(
         As in :func:`certified_margin`.
     batch_size : int or None, default=None
         As in :func:`certified_margin`.
+    progress : bool, default=False
+        Show a tqdm progress bar over the batches.
 
     Returns
     -------
@@ -427,7 +532,7 @@ def certified_radius(
     evaluator = _Evaluator(fitted, precision)
     out = np.empty(len(fitted.x))
     tangents = "l2" if p == 2 else "basis"
-    for rows, lin, exact in evaluator.batches(tangents, batch_size, norm_reducer(p)):
+    for rows, lin, exact in evaluator.batches(tangents, batch_size, norm_reducer(p), progress):
         margin = lp_margin(lin, exact.pre, evaluator.rtol)
         tie = decision_distance(lin, p, exact.output, evaluator.rtol)
         out[rows] = torch.minimum(margin, tie).numpy()
@@ -441,6 +546,7 @@ def directional_margin(
     *,
     precision: str = "float32",
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """Distance along a direction from each sample to the boundary of its region.
 
@@ -449,8 +555,9 @@ def directional_margin(
 
     Parameters
     ----------
-    estimator : ROLLClassifier or ROLLRegressor
-        A fitted estimator.
+    estimator : ROLLClassifier, ROLLRegressor or Pipeline
+        A fitted estimator, or a fitted pipeline ending in one whose other steps are
+        affine (see *Pipelines* in the module docstring).
     X : array-like
         Samples.
     directions : array-like
@@ -460,13 +567,15 @@ def directional_margin(
         As in :func:`certified_margin`.
     batch_size : int or None, default=None
         As in :func:`certified_margin`.
+    progress : bool, default=False
+        Show a tqdm progress bar over the batches.
 
     Returns
     -------
     distances : ndarray of shape (n_samples,), float64
     """
     fitted = _unwrap(estimator, X)
-    d = _directions(estimator, directions, fitted.x)
+    d = _directions(fitted, directions)
     norms = np.sqrt((d.reshape(len(d), -1).astype(np.float64) ** 2).sum(axis=1))
     if np.any(norms == 0):
         raise ValueError("directions must be non-zero.")
@@ -477,18 +586,19 @@ def directional_margin(
     def tangent(xw: Tensor, rows: slice) -> Tensor:
         return torch.from_numpy(d[rows]).to(xw.dtype)[None]
 
-    for rows, lin, exact in evaluator.batches(tangent, batch_size):
+    for rows, lin, exact in evaluator.batches(tangent, batch_size, progress=progress):
         out[rows] = directional(lin, exact.pre, evaluator.rtol).numpy()
     return out
 
 
-def _directions(estimator: Any, directions: Any, x: np.ndarray) -> np.ndarray:
+def _directions(fitted: _Fitted, directions: Any) -> np.ndarray:
     """Directions in the module's input layout, one per sample, zero at padding."""
+    x = fitted.x
     if not isinstance(directions, (list, tuple)):
         single = np.asarray(directions, dtype=np.float64)
         if single.shape == x.shape[1:]:
             return np.broadcast_to(np.nan_to_num(single), x.shape)
-    d, _ = estimator._roll_input(directions)
+    d, _ = fitted.inputs(directions)
     if d.shape != x.shape:
         raise ValueError(
             f"directions must have one direction per sample, shaped like X {x.shape} "
@@ -503,6 +613,7 @@ def stability_bounds(
     *,
     precision: str = "float32",
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> tuple[Any, Any]:
     """Per-coordinate stability bounds: how far each input value alone can move.
 
@@ -513,14 +624,17 @@ def stability_bounds(
 
     Parameters
     ----------
-    estimator : ROLLClassifier or ROLLRegressor
-        A fitted estimator.
+    estimator : ROLLClassifier, ROLLRegressor or Pipeline
+        A fitted estimator, or a fitted pipeline ending in one whose other steps are
+        affine (see *Pipelines* in the module docstring).
     X : array-like
         Samples.
     precision : {"float32", "float64"}, default="float32"
         As in :func:`certified_margin`.
     batch_size : int or None, default=None
         As in :func:`certified_margin`.
+    progress : bool, default=False
+        Show a tqdm progress bar over the batches.
 
     Returns
     -------
@@ -530,7 +644,7 @@ def stability_bounds(
     x = evaluator.fitted.x
     lower = np.empty(x.shape)
     upper = np.empty(x.shape)
-    for rows, lin, exact in evaluator.batches("basis", batch_size):
+    for rows, lin, exact in evaluator.batches("basis", batch_size, progress=progress):
         lo, up = axis_bounds(lin, exact.pre, evaluator.rtol)
         lower[rows] = lo.reshape(lower[rows].shape).numpy()
         upper[rows] = up.reshape(upper[rows].shape).numpy()
@@ -579,6 +693,7 @@ def explain(
     *,
     precision: str = "float32",
     batch_size: int = 1024,
+    progress: bool = False,
 ) -> Any:
     """Exact input gradient of a logit (classifier) or of the output (regressor).
 
@@ -587,8 +702,9 @@ def explain(
 
     Parameters
     ----------
-    estimator : ROLLClassifier or ROLLRegressor
-        A fitted estimator.
+    estimator : ROLLClassifier, ROLLRegressor or Pipeline
+        A fitted estimator, or a fitted pipeline ending in one whose other steps are
+        affine (see *Pipelines* in the module docstring).
     X : array-like
         Samples.
     target : label, array-like of labels, int or None, default=None
@@ -599,6 +715,8 @@ def explain(
         Arithmetic of the gradient computation.
     batch_size : int, default=1024
         Samples per backward pass.
+    progress : bool, default=False
+        Show a tqdm progress bar over the batches.
 
     Returns
     -------
@@ -607,11 +725,11 @@ def explain(
     """
     fitted = _unwrap(estimator, X)
     _check_precision(precision)
-    module = float64_copy(fitted.module) if precision == "float64" else fitted.module
+    module = fitted.exact_module() if precision == "float64" else fitted.module
     dtype = torch.float64 if precision == "float64" else torch.float32
     grads = np.empty(fitted.x.shape)
     indices = None
-    for start in range(0, len(fitted.x), batch_size):
+    for start in _progress(range(0, len(fitted.x), batch_size), progress):
         rows = slice(start, min(start + batch_size, len(fitted.x)))
         xb = torch.from_numpy(fitted.x[rows]).to(dtype).requires_grad_(True)
         with torch.enable_grad():
@@ -630,8 +748,9 @@ def activation_patterns(estimator: Any, X: Any, *, precision: str = "float32") -
 
     Parameters
     ----------
-    estimator : ROLLClassifier or ROLLRegressor
-        A fitted estimator.
+    estimator : ROLLClassifier, ROLLRegressor or Pipeline
+        A fitted estimator, or a fitted pipeline ending in one whose other steps are
+        affine (see *Pipelines* in the module docstring).
     X : array-like
         Samples.
     precision : {"float32", "float64"}, default="float32"
@@ -643,9 +762,12 @@ def activation_patterns(estimator: Any, X: Any, *, precision: str = "float32") -
         Units in recording order (layer by layer; for recurrent networks, step by
         step). Units that do not count (padded time steps) read False.
     """
-    fitted = _unwrap(estimator, X)
+    return _patterns(_unwrap(estimator, X), precision)
+
+
+def _patterns(fitted: _Fitted, precision: str) -> np.ndarray:
     _check_precision(precision)
-    module = float64_copy(fitted.module) if precision == "float64" else fitted.module
+    module = fitted.exact_module() if precision == "float64" else fitted.module
     dtype = torch.float64 if precision == "float64" else torch.float32
     with torch.no_grad():
         lin = record(module, torch.from_numpy(fitted.x).to(dtype))
@@ -658,10 +780,12 @@ def activation_patterns(estimator: Any, X: Any, *, precision: str = "float32") -
     return torch.cat(blocks, dim=1).numpy()
 
 
-def _output_jacobians(module: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def _output_jacobians(
+    module: nn.Module, x: np.ndarray, batch_size: int = 256, progress: bool = False
+) -> np.ndarray:
     """Input-output Jacobians (n, n_outputs * D) by reverse mode, one pass per output."""
     blocks = []
-    for start in range(0, len(x), batch_size):
+    for start in _progress(range(0, len(x), batch_size), progress):
         xb = torch.from_numpy(x[start : start + batch_size]).double().requires_grad_(True)
         with torch.enable_grad():
             out = first_output(module(xb))
@@ -673,7 +797,7 @@ def _output_jacobians(module: nn.Module, x: np.ndarray, batch_size: int = 256) -
     return np.concatenate(blocks) if blocks else np.zeros((0, 0))
 
 
-def count_linear_regions(estimator: Any, X: Any) -> tuple[int, int]:
+def count_linear_regions(estimator: Any, X: Any, *, progress: bool = False) -> tuple[int, int]:
     """Bounds on the number of complete linear regions touched by X (#CLR).
 
     If no sample lies exactly on a region boundary, the number of complete linear
@@ -684,10 +808,13 @@ def count_linear_regions(estimator: Any, X: Any) -> tuple[int, int]:
 
     Parameters
     ----------
-    estimator : ROLLClassifier or ROLLRegressor
-        A fitted estimator.
+    estimator : ROLLClassifier, ROLLRegressor or Pipeline
+        A fitted estimator, or a fitted pipeline ending in one whose other steps are
+        affine (see *Pipelines* in the module docstring).
     X : array-like
         Samples.
+    progress : bool, default=False
+        Show a tqdm progress bar over the batches.
 
     Returns
     -------
@@ -696,9 +823,11 @@ def count_linear_regions(estimator: Any, X: Any) -> tuple[int, int]:
     n_jacobians : int
         Number of distinct Jacobians of the output (lower bound).
     """
-    patterns = activation_patterns(estimator, X, precision="float64")
-    _, representatives = np.unique(patterns, axis=0, return_index=True)
     fitted = _unwrap(estimator, X)
-    jacobians = _output_jacobians(float64_copy(fitted.module), fitted.x[np.sort(representatives)])
+    patterns = _patterns(fitted, "float64")
+    _, representatives = np.unique(patterns, axis=0, return_index=True)
+    jacobians = _output_jacobians(
+        fitted.exact_module(), fitted.x[np.sort(representatives)], progress=progress
+    )
     jacobians = np.nan_to_num(jacobians.astype(np.float32))
     return len(representatives), len(np.unique(jacobians, axis=0)) if len(jacobians) else 0

@@ -8,6 +8,9 @@ from torch import nn
 
 ACTIVATION_TYPES = (nn.ReLU, nn.LeakyReLU)
 
+# Points "inside" a certified ball sit at this fraction of its radius.
+INSIDE = 1 - 1e-7
+
 
 def preactivations(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run the module and capture the input of every nn.ReLU / nn.LeakyReLU call."""
@@ -66,3 +69,27 @@ def pattern(module: nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         _, pre = preactivations(module, torch.tensor(x, dtype=torch.float64))
     return torch.cat(pre, dim=1).numpy() > 0
+
+
+def ball_points(x, r, p, z, g, rng):
+    """Points inside the l_p ball of radius r: random ones and every unit's worst case."""
+    d = x.shape[0]
+    sign = np.sign(z)[:, None]
+    nonzero = np.linalg.norm(g, axis=1) > 0
+    points = []
+    if p == 2:
+        u = rng.randn(300, d)
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        points.append(u * r * rng.uniform(0, 1, (300, 1)) ** (1 / d))
+        points.append(u * r)
+        worst = -sign * g / np.linalg.norm(g, axis=1, keepdims=True).clip(1e-300)
+        points.append(worst[nonzero] * r)
+    elif p == 1:
+        eye = np.eye(d)
+        points += [eye * r, -eye * r]
+        w = rng.exponential(size=(300, d)) * rng.choice([-1, 1], size=(300, d))
+        points.append(w / np.abs(w).sum(axis=1, keepdims=True) * r)
+    else:
+        points.append(rng.choice([-1.0, 1.0], size=(300, d)) * r)
+        points.append((-sign * np.sign(g))[nonzero] * r)
+    return x + np.concatenate(points) * INSIDE

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from reference import margins, output_gradients, pattern, unit_gradients
+from reference import INSIDE, ball_points, margins, output_gradients, pattern, unit_gradients
 from sklearn_roll import ROLLClassifier, ROLLRegressor, certified_margin
 from sklearn_roll.regions import (
     FLOAT32_RTOL,
@@ -17,7 +17,6 @@ from sklearn_roll.regions import (
     stability_bounds,
 )
 
-INSIDE = 1 - 1e-7
 P_AND_Q = [(1, np.inf), (2, 2), (np.inf, 1)]
 
 
@@ -71,30 +70,6 @@ def test_margin_equals_per_unit_autograd(model, p, q):
     assert np.all(got32 >= expected * (1 - 10 * FLOAT32_RTOL))
 
 
-def _ball_points(x, r, p, z, g, rng):
-    """Points inside the l_p ball of radius r: random ones and every unit's worst case."""
-    d = x.shape[0]
-    sign = np.sign(z)[:, None]
-    nonzero = np.linalg.norm(g, axis=1) > 0
-    points = []
-    if p == 2:
-        u = rng.randn(300, d)
-        u /= np.linalg.norm(u, axis=1, keepdims=True)
-        points.append(u * r * rng.uniform(0, 1, (300, 1)) ** (1 / d))
-        points.append(u * r)
-        worst = -sign * g / np.linalg.norm(g, axis=1, keepdims=True).clip(1e-300)
-        points.append(worst[nonzero] * r)
-    elif p == 1:
-        eye = np.eye(d)
-        points += [eye * r, -eye * r]
-        w = rng.exponential(size=(300, d)) * rng.choice([-1, 1], size=(300, d))
-        points.append(w / np.abs(w).sum(axis=1, keepdims=True) * r)
-    else:
-        points.append(rng.choice([-1.0, 1.0], size=(300, d)) * r)
-        points.append((-sign * np.sign(g))[nonzero] * r)
-    return x + np.concatenate(points) * INSIDE
-
-
 @pytest.mark.parametrize("p, q", P_AND_Q)
 def test_points_inside_the_ball_keep_the_pattern(model, p, q, rng):
     clf, X = model
@@ -103,7 +78,7 @@ def test_points_inside_the_ball_keep_the_pattern(model, p, q, rng):
     radius = certified_margin(clf, X, p, precision="float64")
     for i in range(len(X)):
         assert np.isfinite(radius[i]) and radius[i] > 0
-        points = _ball_points(X[i], radius[i], p, z[i], g[i], rng)
+        points = ball_points(X[i], radius[i], p, z[i], g[i], rng)
         inside = pattern(module, points)
         assert (inside == pattern(module, X[i : i + 1])).all(), f"sample {i}, p={p}"
 
@@ -206,7 +181,7 @@ def test_decision_radius_is_sound_and_tight_at_ties(model, p, q, rng):
         dist = (out[i, yhat] - out[i, others]) / np.linalg.norm(diff, ord=q, axis=1)
         np.testing.assert_allclose(radius[i], min(margin[i], dist.min()), rtol=1e-9)
         z, g = unit_gradients(module, X[i : i + 1])
-        points = _ball_points(X[i], radius[i], p, z[0], g[0], rng)
+        points = ball_points(X[i], radius[i], p, z[0], g[0], rng)
         assert (_predict64(module, points) == labels[i]).all()
         j = int(np.argmin(dist))
         if dist[j] < margin[i] * 0.999:

@@ -1,0 +1,371 @@
+"""Affine preprocessing folded into the network, so certificates are in raw feature units.
+
+A fitted ``Pipeline([..., affine steps, ROLL estimator])`` computes ``f(A x + c)``: the
+network ``f`` after the affine map ``x -> A x + c`` of its preprocessing. That composition
+is again a piecewise-linear network, whose unit gradients in raw units are ``A^T g_u``.
+This module extracts ``(A, c)`` from the fitted steps and builds the composed network in
+float64, so the certificates of :mod:`sklearn_roll.regions` concern the exact function of
+the raw input.
+
+Steps folded (exact types; a subclass may change ``transform``):
+
+* ``StandardScaler``, ``RobustScaler``, ``MinMaxScaler`` and ``MaxAbsScaler`` (the last
+  two with ``clip=False``; clipping is not affine);
+* ``PCA`` and ``IncrementalPCA`` (whitened or not) and ``TruncatedSVD``;
+* ``"passthrough"`` and ``None`` steps, and nested ``Pipeline`` objects of such steps;
+* any transformer with a method ``roll_affine_map()`` returning ``(A, c)`` with
+  ``transform(X) == X @ A.T + c``: ``A`` of shape (n_outputs, n_inputs), or of shape
+  (n_features,) for a map acting feature by feature, and ``c`` of shape (n_outputs,).
+  Declaring it is a promise: the certificates are only as true as the map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator
+from sklearn.decomposition import PCA, IncrementalPCA, TruncatedSVD
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, StandardScaler
+from sklearn.utils import check_array
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import Tensor, nn
+
+from .linearize import _as_chain
+
+__all__ = ["AffineMap", "affine_map", "check_raw_input", "fold", "split_pipeline"]
+
+_FLOAT_DTYPES = [np.float64, np.float32]
+
+
+@dataclasses.dataclass(frozen=True)
+class AffineMap:
+    """The map ``x -> x @ A.T + c`` on rows x, in float64.
+
+    Attributes
+    ----------
+    weight : ndarray of shape (n_out, n_in), or (n,) for a diagonal map
+        ``A``.
+    bias : ndarray of shape (n_out,)
+        ``c``.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+    @property
+    def diagonal(self) -> bool:
+        """Whether ``A`` is stored as its diagonal."""
+        return self.weight.ndim == 1
+
+    @property
+    def n_in(self) -> int:
+        """Input dimension."""
+        return self.weight.shape[-1]
+
+    @property
+    def n_out(self) -> int:
+        """Output dimension."""
+        return self.bias.shape[0]
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        """Apply the map to the rows of X."""
+        if self.diagonal:
+            return X * self.weight + self.bias
+        return X @ self.weight.T + self.bias
+
+    def then(self, outer: AffineMap) -> AffineMap:
+        """The composition ``outer(self(x))``."""
+        if self.diagonal and outer.diagonal:
+            weight = outer.weight * self.weight
+        elif outer.diagonal:
+            weight = outer.weight[:, None] * self.weight
+        elif self.diagonal:
+            weight = outer.weight * self.weight[None, :]
+        else:
+            weight = outer.weight @ self.weight
+        return AffineMap(weight, outer(self.bias))
+
+
+def _map(weight: Any, bias: Any) -> AffineMap:
+    return AffineMap(np.asarray(weight, dtype=np.float64), np.asarray(bias, dtype=np.float64))
+
+
+def _standard(step: StandardScaler) -> AffineMap:
+    n = step.n_features_in_
+    scale = step.scale_ if step.with_std else np.ones(n)
+    mean = step.mean_ if step.with_mean else np.zeros(n)
+    scale, mean = np.asarray(scale, dtype=np.float64), np.asarray(mean, dtype=np.float64)
+    return _map(1.0 / scale, -mean / scale)
+
+
+def _robust(step: RobustScaler) -> AffineMap:
+    n = step.n_features_in_
+    scale = step.scale_ if step.with_scaling else np.ones(n)
+    center = step.center_ if step.with_centering else np.zeros(n)
+    scale, center = np.asarray(scale, dtype=np.float64), np.asarray(center, dtype=np.float64)
+    return _map(1.0 / scale, -center / scale)
+
+
+def _min_max(step: MinMaxScaler) -> AffineMap:
+    return _map(step.scale_, step.min_)
+
+
+def _max_abs(step: MaxAbsScaler) -> AffineMap:
+    scale = np.asarray(step.scale_, dtype=np.float64)
+    return _map(1.0 / scale, np.zeros_like(scale))
+
+
+def _pca(step: PCA | IncrementalPCA) -> AffineMap:
+    weight = np.asarray(step.components_, dtype=np.float64)
+    if step.whiten:
+        # The same floor on tiny variances as scikit-learn's transform.
+        scale = np.sqrt(np.asarray(step.explained_variance_, dtype=np.float64))
+        scale = np.maximum(scale, np.finfo(step.explained_variance_.dtype).eps)
+        weight = weight / scale[:, None]
+    return _map(weight, -weight @ np.asarray(step.mean_, dtype=np.float64))
+
+
+def _svd(step: TruncatedSVD) -> AffineMap:
+    weight = np.asarray(step.components_, dtype=np.float64)
+    return _map(weight, np.zeros(weight.shape[0]))
+
+
+_BUILTIN: dict[type, Callable[[Any], AffineMap]] = {
+    StandardScaler: _standard,
+    RobustScaler: _robust,
+    MinMaxScaler: _min_max,
+    MaxAbsScaler: _max_abs,
+    PCA: _pca,
+    IncrementalPCA: _pca,
+    TruncatedSVD: _svd,
+}
+
+
+def _declared(step: Any, name: str) -> AffineMap:
+    """The map a transformer declares through ``roll_affine_map()``, checked for shape."""
+    declared = step.roll_affine_map()
+    if not isinstance(declared, tuple) or len(declared) != 2:
+        raise ValueError(
+            f"Step '{name}' ({type(step).__name__}): roll_affine_map() must return a pair "
+            f"(A, c), got {type(declared).__name__}."
+        )
+    amap = _map(*declared)
+    if amap.weight.ndim not in (1, 2) or amap.bias.ndim != 1:
+        raise ValueError(
+            f"Step '{name}' ({type(step).__name__}): roll_affine_map() must return A of "
+            f"shape (n_outputs, n_inputs) or (n_features,) and c of shape (n_outputs,); got "
+            f"shapes {amap.weight.shape} and {amap.bias.shape}."
+        )
+    rows = amap.weight.shape[0]
+    if rows != amap.n_out or not (np.isfinite(amap.weight).all() and np.isfinite(amap.bias).all()):
+        raise ValueError(
+            f"Step '{name}' ({type(step).__name__}): roll_affine_map() returned A with "
+            f"{rows} rows and c of length {amap.n_out}; they must agree and be finite."
+        )
+    return amap
+
+
+def _is_identity(step: Any) -> bool:
+    return step is None or (isinstance(step, str) and step == "passthrough")
+
+
+def affine_map(step: Any, name: str) -> AffineMap | None:
+    """The affine map of one fitted pipeline step, or None for an identity step.
+
+    Parameters
+    ----------
+    step : transformer, "passthrough" or None
+        A fitted pipeline step.
+    name : str
+        Its name in the pipeline, for error messages.
+
+    Returns
+    -------
+    AffineMap or None
+
+    Raises
+    ------
+    ValueError
+        If the step is not one of the affine maps listed in the module docstring.
+    """
+    if _is_identity(step):
+        return None
+    if hasattr(step, "roll_affine_map"):
+        return _declared(step, name)
+    if isinstance(step, Pipeline):
+        return _compose((f"{name}__{inner}", sub) for inner, sub in step.steps)
+    if type(step) in (MinMaxScaler, MaxAbsScaler) and getattr(step, "clip", False):
+        raise ValueError(
+            f"Step '{name}' ({type(step).__name__}) clips its output (clip=True), which is "
+            "not affine, so it cannot be folded into the network; use clip=False."
+        )
+    if type(step) in _BUILTIN:
+        check_is_fitted(step)
+        return _BUILTIN[type(step)](step)
+    raise ValueError(
+        f"Step '{name}' ({type(step).__name__}) is not an affine map that sklearn-roll can "
+        "fold into the network, so certificates in raw feature units cannot be computed. "
+        "Supported: "
+        f"{', '.join(sorted(t.__name__ for t in _BUILTIN))}, 'passthrough', nested "
+        "Pipelines, and transformers that declare themselves affine with a method "
+        "roll_affine_map() -> (A, c). Otherwise, transform X yourself and pass the fitted "
+        "ROLL estimator."
+    )
+
+
+def _compose(named_steps: Iterable[tuple[str, Any]]) -> AffineMap | None:
+    total: AffineMap | None = None
+    for name, step in named_steps:
+        amap = affine_map(step, name)
+        if amap is None:
+            continue
+        if total is not None and amap.n_in != total.n_out:
+            raise ValueError(
+                f"Step '{name}' ({type(step).__name__}) expects {amap.n_in} features, but "
+                f"the steps before it produce {total.n_out}."
+            )
+        total = amap if total is None else total.then(amap)
+    return total
+
+
+def split_pipeline(pipeline: Pipeline) -> tuple[AffineMap | None, Any]:
+    """The composed affine map of a pipeline's transformers, and its final estimator.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+        A fitted pipeline whose last step is a ROLL estimator.
+
+    Returns
+    -------
+    amap : AffineMap or None
+        None when every transformer is an identity step.
+    estimator : ROLLClassifier or ROLLRegressor
+
+    Raises
+    ------
+    TypeError
+        If the last step is not a ROLL estimator.
+    ValueError
+        If a transformer is not affine.
+    """
+    *transformers, (name, last) = pipeline.steps
+    if not hasattr(last, "_roll_input"):
+        kind = repr(last) if isinstance(last, str) or last is None else type(last).__name__
+        raise TypeError(
+            f"The last step '{name}' of the pipeline is {kind}, not a sklearn-roll "
+            "estimator; certificates need a Pipeline ending in a fitted ROLLClassifier or "
+            "ROLLRegressor."
+        )
+    check_is_fitted(last)
+    return _compose(transformers), last
+
+
+def _first_transformer(steps: list[tuple[str, Any]]) -> Any:
+    """The first step that is not an identity, looking into nested pipelines."""
+    for _, step in steps:
+        if isinstance(step, Pipeline):
+            step = _first_transformer(step.steps)
+        if not _is_identity(step):
+            return step
+    return None
+
+
+def check_raw_input(pipeline: Pipeline, X: Any, n_in: int) -> np.ndarray:
+    """Validate raw input as the pipeline's first step does: feature count and names.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+        The fitted pipeline.
+    X : array-like of shape (n_samples, n_features)
+        Raw samples.
+    n_in : int
+        Input dimension of the composed affine map.
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_in), float32 or float64, C-contiguous
+    """
+    first = _first_transformer(pipeline.steps[:-1])
+    if isinstance(first, BaseEstimator):
+        x = validate_data(first, X, reset=False, dtype=_FLOAT_DTYPES, ensure_min_samples=1)
+    else:
+        x = check_array(X, dtype=_FLOAT_DTYPES, ensure_min_samples=1)
+    if x.shape[1] != n_in:
+        raise ValueError(f"X has {x.shape[1]} features, but the pipeline is expecting {n_in}.")
+    return np.ascontiguousarray(x)
+
+
+class AffineInput(nn.Module):
+    """First layer ``x -> reshape(x @ A.T + c)`` of a network folded with its preprocessing.
+
+    Parameters
+    ----------
+    amap : AffineMap
+        The map.
+    shape : tuple of int
+        Shape of one sample after the map, as the network reads it.
+    """
+
+    def __init__(self, amap: AffineMap, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.from_numpy(amap.weight.copy()))
+        self.register_buffer("bias", torch.from_numpy(amap.bias.copy()))
+        self.shape = tuple(shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.weight.dim() == 1:
+            h = x * self.weight + self.bias
+        else:
+            h = F.linear(x, self.weight, self.bias)
+        return h.reshape(x.shape[0], *self.shape)
+
+
+def fold(module: nn.Module, amap: AffineMap, shape: tuple[int, ...]) -> nn.Module:
+    """The float64 network ``x -> module(reshape(A x + c))``.
+
+    A plain Linear chain (such as :class:`~sklearn_roll.nn.MLP`) absorbs the map into
+    its first ``nn.Linear`` (``W A``, ``W c + b``), so the fast chain path of
+    :mod:`sklearn_roll.linearize` still applies; any other module gets an
+    :class:`AffineInput` layer in front.
+
+    Parameters
+    ----------
+    module : nn.Module
+        A float64 network, which becomes part of the result.
+    amap : AffineMap
+        The preprocessing.
+    shape : tuple of int
+        Shape of one sample as ``module`` reads it; its size must be ``amap.n_out``.
+
+    Returns
+    -------
+    nn.Module
+        In float64 and eval mode.
+    """
+    if int(np.prod(shape)) != amap.n_out:
+        raise ValueError(
+            f"The preprocessing produces {amap.n_out} features, but the network reads "
+            f"samples of shape {tuple(shape)}."
+        )
+    chain = _as_chain(module)
+    if chain is None or len(shape) != 1:
+        return nn.Sequential(AffineInput(amap, shape), module).to(torch.float64).eval()
+    first = chain[0][0]
+    index = next(i for i, layer in enumerate(module) if layer is first)
+    weight = first.weight.detach().to(torch.float64)
+    bias = first.bias.detach().to(torch.float64) if first.bias is not None else 0.0
+    A, c = torch.from_numpy(amap.weight), torch.from_numpy(amap.bias)
+    folded = nn.Linear(amap.n_in, weight.shape[0], dtype=torch.float64)
+    with torch.no_grad():
+        folded.weight.copy_(weight * A if amap.diagonal else weight @ A)
+        folded.bias.copy_(weight @ c + bias)
+    module[index] = folded
+    return module.to(torch.float64).eval()

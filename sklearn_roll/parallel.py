@@ -1,0 +1,99 @@
+"""Certificates for data that does not fit in memory, block by block with dask.
+
+dask is optional: ``pip install "dask[distributed]"`` (or ``pip install
+"sklearn-roll[dask]"``). The same dask installation runs a ``GridSearchCV`` on a
+cluster through joblib (see the README, *Searching on a cluster*).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .regions import _final_estimator, certified_margin, dual_order
+
+__all__ = ["certified_margin_dask"]
+
+
+def _dask() -> tuple[Any, Any]:
+    try:
+        import dask
+        import dask.array as da
+    except ImportError as exc:
+        raise ImportError(
+            'certified_margin_dask needs dask: pip install "dask[distributed]".'
+        ) from exc
+    return dask, da
+
+
+def _margin_block(block: np.ndarray, estimator: Any, p: float, kwargs: dict) -> np.ndarray:
+    return certified_margin(estimator, block, p, **kwargs)
+
+
+def certified_margin_dask(estimator: Any, X: Any, p: float = 2, **kwargs: Any) -> Any:
+    """Certified l_p margins of a dask array, computed lazily block by block.
+
+    Each block of rows goes through :func:`sklearn_roll.certified_margin` on its own,
+    so only one block per worker is in memory; the other axes are merged into one
+    chunk first. Nothing runs until the result is computed.
+
+    Parameters
+    ----------
+    estimator : ROLLClassifier, ROLLRegressor or Pipeline
+        A fitted estimator, or a fitted pipeline ending in one whose other steps are
+        affine (margins then in raw feature units).
+    X : dask.array.Array of shape (n_samples, ...)
+        Samples, in the layout the estimator was fitted on (numeric arrays; not
+        DataFrames, so feature names are not checked).
+    p : {1, 2, np.inf}, default=2
+        Order of the ball.
+    **kwargs
+        Passed to :func:`sklearn_roll.certified_margin` (``precision``,
+        ``batch_size``).
+
+    Returns
+    -------
+    margins : dask.array.Array of shape (n_samples,), float64
+        Chunked like the rows of X.
+
+    Raises
+    ------
+    ImportError
+        If dask is not installed.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn_roll import ROLLClassifier
+    >>> from sklearn_roll.parallel import certified_margin_dask
+    >>> X, y = load_iris(return_X_y=True)
+    >>> clf = ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0).fit(X, y)
+    >>> margins = certified_margin_dask(clf, da.from_array(X, chunks=50))
+    >>> margins.compute().shape
+    (150,)
+    """
+    dask, da = _dask()
+    if not isinstance(X, da.Array):
+        raise TypeError(
+            f"X must be a dask array, got {type(X).__name__}; for in-memory data call "
+            "sklearn_roll.certified_margin."
+        )
+    if X.ndim < 2:
+        raise ValueError(f"X must have a samples axis and a feature axis, got {X.ndim}-D.")
+    dual_order(p)
+    _final_estimator(estimator)
+    others = tuple(range(1, X.ndim))
+    X = X.rechunk(dict.fromkeys(others, -1))
+    # One task holds the estimator, so it is sent to each worker once, not with every block.
+    shared = dask.delayed(estimator, pure=True)
+    return X.map_blocks(
+        _margin_block,
+        shared,
+        p,
+        kwargs,
+        drop_axis=others,
+        dtype=np.float64,
+        meta=np.empty((0,), dtype=np.float64),
+    )
