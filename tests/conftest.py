@@ -37,3 +37,12 @@ def fitted_wine(wine):
 @pytest.fixture
 def rng():
     return np.random.RandomState(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for modules of many tiny computations (faster on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
