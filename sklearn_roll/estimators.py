@@ -232,24 +232,39 @@ class _ROLLMixin:
             super().partial_fit(x, y, **fit_params)
         return self
 
+    @staticmethod
+    def _float32(a: np.ndarray, what: str) -> np.ndarray:
+        """``a`` as the float32 array the network trains on, refusing overflow."""
+        with np.errstate(over="ignore"):
+            out = a.astype(np.float32)
+        if not np.isfinite(out[~np.isnan(a)]).all():
+            raise ValueError(
+                f"{what} has values beyond the float32 range (|value| > 3.4e38), in "
+                "which the network trains; rescale it."
+            )
+        return out
+
     def _roll_input(self, X: Any) -> tuple[np.ndarray, Any]:
         """Validated input in the module's layout, and its restore function."""
         check_is_fitted(self)
         return check_input(self, X, reset=False)
 
-    def _forward(self, X: Any) -> np.ndarray:
+    def _forward(self, X: Any, logits: bool = False) -> np.ndarray:
         """Predictions of the network in float64, after its output nonlinearity.
+
+        With ``logits`` the raw outputs, before the nonlinearity.
 
         Predictions use the same float64 arithmetic as the certificates, so a
         certified radius and ``predict`` agree even next to a decision boundary, and
-        results do not depend on how samples are batched. skorch's own datasets
+        batching changes results by float64 rounding at most. skorch's own datasets
         (its internal validation split) take skorch's float32 path.
         """
         if is_dataset(X):
             return super().predict_proba(X)
         x, _ = self._roll_input(X)
+        regions._check_parameters(self.module_)
         module = float64_copy(self.module_)
-        nonlinearity = self._get_predict_nonlinearity()
+        nonlinearity = (lambda out: out) if logits else self._get_predict_nonlinearity()
         size = len(x) if self.batch_size == -1 else self.batch_size
         threads = torch.get_num_threads()
         outputs = []
@@ -262,7 +277,14 @@ class _ROLLMixin:
                     outputs.append(nonlinearity(first_output(module(xb))).numpy())
         finally:
             torch.set_num_threads(threads)
-        return np.concatenate(outputs)
+        out = np.concatenate(outputs)
+        if not np.isfinite(out).all():
+            bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+            raise ValueError(
+                f"The network's output for sample {bad} is not finite in float64 "
+                "(overflow): its weights or the inputs are too large."
+            )
+        return out
 
     # ------------------------------------------------------------ certificates
 
@@ -465,7 +487,7 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
 
     def _fit_data(self, X, y, reset, classes=None):
         x, _ = check_input(self, X, reset=reset)
-        x = x.astype(np.float32)
+        x = self._float32(x, "X")
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
@@ -517,8 +539,10 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
         -------
         ndarray of shape (n_samples,)
         """
-        proba = self._forward(X)
-        return self.classes_[proba.argmax(axis=1)]
+        # The argmax of the logits, as in the certificates: probabilities can round
+        # distinct logits to a tie.
+        logits = self._forward(X, logits=True)
+        return self.classes_[logits.argmax(axis=1)]
 
     @property
     def _default_callbacks(self):
@@ -613,7 +637,7 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
 
     def _fit_data(self, X, y, reset, classes=None):
         x, _ = check_input(self, X, reset=reset)
-        x = x.astype(np.float32)
+        x = self._float32(x, "X")
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
@@ -630,7 +654,7 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
             raise ValueError(
                 f"y has {y2.shape[1]} outputs, but the model was fitted with {self.n_outputs_}."
             )
-        return x, y2.astype(np.float32)
+        return x, self._float32(y2, "y")
 
     def predict(self, X):
         """Predicted targets.
