@@ -367,8 +367,15 @@ _COMMON_DOC = """
     input_shape : tuple of int or None, default=None
         Shape of one image when images are passed flattened.
     random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation, batch shuffling and probes; with an int, two
-        fits give bit-identical networks.
+        Seeds weight initialisation, batch shuffling and probes (inside
+        ``torch.random.fork_rng``, so the global torch RNG is left as it was). With
+        an int, two fits give bit-identical networks, predictions and certificates,
+        in one process or in separate processes, on CPU with the same machine and
+        torch build. No torch setting is needed for that on CPU; keep
+        ``n_threads`` fixed if the core count may differ, since large matrix
+        products may split their sums differently with other thread counts. On
+        GPU, call ``torch.use_deterministic_algorithms(True)`` (and set
+        ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) as well.
     n_threads : int or None, default=None
         torch threads during fit and predict; None leaves torch's setting alone.
         Set it to 1 when folds run in parallel.
@@ -391,6 +398,28 @@ _COMMON_DOC = """
     network's, geometric mean; 1.5x at worst) among the settings that kept mean
     accuracy within a point of plain training (0.976 vs 0.975); see
     ``benchmarks/results/defaults.md``.
+"""
+
+
+_NOTES_DOC = """
+    Notes
+    -----
+    Saving and loading: ``pickle`` and ``joblib`` keep the whole estimator. A net
+    pickled with ``device="cuda"`` unpickles on a machine without a GPU with
+    ``device="cpu"`` (skorch maps the tensors and warns). skorch's ``save_params``
+    stores tensors only (module, optimizer, history), not the data-derived
+    attributes (``classes_``, ``n_features_in_``, ``feature_names_in_``, ...) that
+    size the module, so a bare ``initialize()`` cannot rebuild it. Rebuild it from
+    one sample with zero epochs, then load (a regressor needs no ``classes``)::
+
+        clf.save_params(f_params="model.pt", f_optimizer="opt.pt", f_history="h.json")
+        restored = clone(clf).set_params(max_epochs=0, classes=clf.classes_)
+        restored.fit(X[:1], y[:1])  # sizes from the data, no training
+        restored.load_params(f_params="model.pt", f_optimizer="opt.pt", f_history="h.json")
+        restored.set_params(max_epochs=clf.max_epochs)
+
+    ``restored`` then predicts, certifies and explains bit-identically, and
+    ``partial_fit`` continues training where ``clf`` stopped.
 """
 
 
@@ -423,7 +452,9 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
         The trained network; it outputs logits.
     history_ : skorch.History
         Per-epoch training record.
-
+"""
+        + _NOTES_DOC
+        + """
     Examples
     --------
     >>> from sklearn.datasets import load_iris
@@ -574,7 +605,9 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
         Number of regression targets.
     module_ : nn.Module
         The trained network.
-
+"""
+        + _NOTES_DOC
+        + """
     Examples
     --------
     >>> from sklearn.datasets import load_diabetes
