@@ -495,6 +495,9 @@ class _Recorder(TorchFunctionMode):
 def float64_copy(module: nn.Module) -> nn.Module:
     """A float64 copy of ``module`` in eval mode, for exact certificates and predictions.
 
+    The copy lives on the CPU, with the inputs that come from numpy, wherever the
+    module was trained.
+
     Parameters
     ----------
     module : nn.Module
@@ -504,7 +507,7 @@ def float64_copy(module: nn.Module) -> nn.Module:
     -------
     nn.Module
     """
-    return copy.deepcopy(module).to(torch.float64).eval()
+    return copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
 
 
 def first_output(out: Any) -> Tensor:

@@ -46,6 +46,7 @@ overflow) are refused with a ``ValueError``, never reported as NaN.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import numbers
@@ -778,6 +779,9 @@ def _unwrap(estimator: Any, X: Any) -> _Fitted:
     x, restore = estimator._roll_input(X)
     module = estimator.module_
     module.eval()
+    if any(param.device.type != "cpu" for param in module.parameters()):
+        # Inputs come from numpy: work on a CPU copy of a net trained elsewhere.
+        module = copy.deepcopy(module).cpu()
     classes = estimator.classes_ if is_classifier(estimator) else None
     return _Fitted(module=module, x=x, restore=restore, classes=classes)
 
