@@ -300,7 +300,9 @@ class _ROLLMixin:
         p : {1, 2, np.inf}, default=2
             Order of the ball.
         precision : {"float32", "float64"}, default="float32"
-            Arithmetic of the certificate.
+            Arithmetic of the certificate; a float32 margin never exceeds the
+            float64 one and lies within a factor ``(1 - FLOAT32_RTOL) / (1 +
+            FLOAT32_RTOL)`` below it.
         batch_size : int or None, default=None
             Samples per batch; None keeps the tangent tensors near 64 MiB.
 

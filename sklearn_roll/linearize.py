@@ -896,7 +896,8 @@ def chain_vjp(module: nn.Module, patterns: list[Tensor], layer: int, cotangents:
     Parameters
     ----------
     module : nn.Module
-        A Linear chain (see :func:`linear_chain`), in the precision wanted.
+        A Linear chain (see :func:`linear_chain`); the arithmetic is that of
+        ``cotangents``, to whose dtype the weights are cast.
     patterns : list of Tensor of bool, shape (m, u_i)
         For each row, the activation pattern of its example, one tensor per hidden
         layer (at least the layers below ``layer``).

@@ -473,12 +473,15 @@ def _memory_cap() -> int:
     return max(_MEMORY_BUDGET, min(_MEMORY_CAP, physical // 8))
 
 
-def _batch_size(module: nn.Module, x: np.ndarray, batch_size: int | None, k: int) -> int:
+def _batch_size(
+    module: nn.Module, x: np.ndarray, batch_size: int | None, k: int, per_input: int = 0
+) -> int:
     """Samples per batch so that the tangent tensors stay within the memory budget.
 
-    ``k`` is the number of tangents per example. A requested ``batch_size`` is kept
-    unless its tangents would exceed the memory cap; it is then lowered, with a
-    warning, instead of exhausting memory.
+    ``k`` values per unit and output and ``per_input`` per input coordinate are held
+    for each example (tangents, or activations and gradients). A requested
+    ``batch_size`` is kept unless that would exceed the memory cap; it is then
+    lowered, with a warning, instead of exhausting memory.
     """
     if batch_size is not None and (
         not isinstance(batch_size, numbers.Integral)
@@ -493,7 +496,9 @@ def _batch_size(module: nn.Module, x: np.ndarray, batch_size: int | None, k: int
     with torch.no_grad():
         lin = record(module, probe)
     itemsize = torch.finfo(dtype).bits // 8
-    per_example = itemsize * max(k, 1) * (lin.n_units + lin.output.shape[1])
+    per_example = itemsize * (
+        max(k, 1) * (lin.n_units + lin.output.shape[1]) + per_input * math.prod(x.shape[1:])
+    )
     if batch_size is None:
         return int(max(1, min(len(x), _MEMORY_BUDGET // per_example)))
     cap = _memory_cap()
@@ -809,8 +814,10 @@ def certified_margin(
     p : {1, 2, np.inf}, default=2
         Order of the ball.
     precision : {"float32", "float64"}, default="float32"
-        ``"float64"`` computes everything in float64; ``"float32"`` computes the
-        Jacobian in float32 and enlarges its norms by ``1 + FLOAT32_RTOL``.
+        ``"float64"`` computes everything in float64. ``"float32"`` computes the
+        Jacobian of Linear chains in float32 with rigorous rounding bounds (see the
+        module docstring): the margin never exceeds the float64 one and lies within
+        a factor ``(1 - FLOAT32_RTOL) / (1 + FLOAT32_RTOL)`` below it.
     batch_size : int or None, default=None
         Samples per batch; None keeps the tangent tensors near 64 MiB.
 
@@ -898,7 +905,8 @@ def directional_margin(
         One direction per sample, or a single direction for all, in the same layout
         as a sample of X. Zero directions are refused.
     precision : {"float32", "float64"}, default="float32"
-        As in :func:`certified_margin`.
+        Both compute in float64: float32 single partial derivatives have no
+        useful rounding bound (see the module docstring).
     batch_size : int or None, default=None
         As in :func:`certified_margin`.
 
@@ -979,7 +987,8 @@ def stability_bounds(
     X : array-like
         Samples.
     precision : {"float32", "float64"}, default="float32"
-        As in :func:`certified_margin`.
+        Both compute in float64: float32 single partial derivatives have no
+        useful rounding bound (see the module docstring).
     batch_size : int or None, default=None
         As in :func:`certified_margin`.
 
@@ -1089,8 +1098,9 @@ def explain(
     with torch.no_grad():
         n_outputs = first_output(exact(torch.from_numpy(fitted.x[:1]).double())).shape[1]
     indices = _target_indices(fitted, target, len(fitted.x), n_outputs)
-    # Saved activations and their gradients: a few values per unit and example.
-    size = _batch_size(module, fitted.x, batch_size, 4)
+    # Saved activations and their gradients, and the input, its gradient and their
+    # float64 copies: a few values per unit and per input coordinate.
+    size = _batch_size(module, fitted.x, batch_size, 4, per_input=6)
     grads = np.empty(fitted.x.shape)
     for rows in _chunks(len(fitted.x), size):
         xb = torch.from_numpy(fitted.x[rows])
@@ -1111,8 +1121,9 @@ def explain(
                 f"The input gradient of sample {rows.start + int(bad.nonzero()[0, 0])} is not "
                 "finite in float64 (overflow): the network's weights are too large to explain."
             )
-        grads[rows] = grad.numpy()
-    grads[np.isnan(fitted.x)] = np.nan
+        # Padded positions of sequences (NaN in X) have no gradient; batch by batch,
+        # since a mask of all of X would be as large as X.
+        grads[rows] = torch.where(torch.isnan(xb), math.nan, grad).numpy()
     return fitted.restore(grads)
 
 

@@ -67,6 +67,8 @@ def _assert_identical(a, b):
         assert left.tobytes() == right.tobytes()
 
 
+# test_estimators.py round-trips the MLP classifier; here the other two.
+@pytest.mark.parametrize("fitted", ["regressor", "rnn"], indirect=True)
 def test_pickle_and_joblib_round_trips(fitted, tmp_path):
     est, X, _ = fitted
     before = _answers(est, X)
