@@ -2,15 +2,16 @@
 
 ``test_estimators.py`` already round-trips a fitted classifier through pickle and
 joblib; here: skorch's ``save_params`` / ``load_params`` with the documented
-zero-epoch restore, regressors and sequence models, nets recorded on a GPU device
-loaded on a CPU-only machine, and determinism within and across processes.
+zero-epoch restore, regressors and sequence models, nets and parameter files
+recorded on a GPU device loaded on a CPU-only machine, and determinism within and
+across processes.
 """
 
+import contextlib
 import pickle
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import joblib
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 import torch
 from sklearn.base import clone
 from skorch.exceptions import DeviceWarning
+from torch import serialization
 
 from sklearn_roll import ROLLClassifier, ROLLRegressor
 
@@ -106,38 +108,64 @@ def test_bare_initialize_cannot_rebuild_the_module_and_says_so():
         ROLLClassifier().initialize()
 
 
-def test_net_recorded_on_a_gpu_device_loads_on_cpu(fitted, tmp_path):
-    """What skorch does for a net trained with device='cuda', without needing a GPU.
+def test_net_pickled_with_a_gpu_device_loads_on_cpu(fitted):
+    """A net trained with device='cuda' unpickles here with device='cpu', as skorch does.
 
-    The tensors of a GPU-trained net would be CUDA tensors; this machine cannot
-    make any, so the net records device='cuda' while its tensors stay on the CPU,
-    which exercises skorch's device mapping (``__setstate__`` and ``load_params``).
+    This machine cannot make CUDA tensors, so the net records device='cuda' while its
+    tensors stay on the CPU, which exercises skorch's mapping in ``__setstate__``.
     """
     if torch.cuda.is_available():
         pytest.skip("the mapping to the CPU happens only where CUDA is unavailable")
-    est, X, y = fitted
-    before = _answers(est, X)
+    est, X, _ = fitted
     on_gpu = pickle.loads(pickle.dumps(est))
     on_gpu.device = "cuda"
     blob = pickle.dumps(on_gpu)
     with pytest.warns(DeviceWarning, match="cuda"):
         loaded = pickle.loads(blob)
     assert str(loaded.device) == "cpu"
-    _assert_identical(before, _answers(loaded, X))
-    est.save_params(f_params=tmp_path / "params.pt")
-    restored = clone(est).set_params(max_epochs=0, device="cuda")
+    _assert_identical(_answers(est, X), _answers(loaded, X))
+
+
+@contextlib.contextmanager
+def _saved_as_on_cuda(module):
+    """torch.save records the module's tensors as lying on 'cuda:0', as on a GPU.
+
+    torch tags each storage with its device through a registry of taggers; one
+    registered first claims the module's storages for 'cuda:0'.
+    """
+    pointers = {t.untyped_storage().data_ptr() for t in module.state_dict().values()}
+
+    def tag(storage):
+        return "cuda:0" if storage.data_ptr() in pointers else None
+
+    serialization.register_package(0, tag, lambda obj, location: None)
+    try:
+        yield
+    finally:
+        # torch has no public way to unregister a tagger.
+        registry = serialization._package_registry
+        registry[:] = [entry for entry in registry if entry[1] is not tag]
+
+
+def test_params_saved_on_a_gpu_load_on_cpu(fitted, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("the mapping to the CPU happens only where CUDA is unavailable")
+    est, X, y = fitted
+    path = tmp_path / "params.pt"
+    with _saved_as_on_cuda(est.module_):
+        est.save_params(f_params=path)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(path, weights_only=True)
+    restored = clone(est).set_params(max_epochs=0)
     if hasattr(est, "classes_"):
         restored.set_params(classes=est.classes_)
-    with warnings.catch_warnings():
-        # fit on device='cuda' without CUDA would fail; build on the CPU, then
-        # record the GPU device again, as a net trained there would have it.
-        warnings.simplefilter("ignore", DeviceWarning)
-        restored.set_params(device="cpu").fit(X[:1], y[:1])
+    restored.fit(X[:1], y[:1])
+    # A net trained on the GPU also records device='cuda'.
     restored.device = "cuda"
     with pytest.warns(DeviceWarning, match="cuda"):
-        restored.load_params(f_params=tmp_path / "params.pt")
+        restored.load_params(f_params=path)
     assert str(restored.device) == "cpu"
-    _assert_identical(before, _answers(restored, X))
+    _assert_identical(_answers(est, X), _answers(restored, X))
 
 
 def test_same_random_state_is_bit_identical_within_a_process(wine):
