@@ -31,6 +31,9 @@ SLOPES = st.one_of(st.sampled_from([0.0, 0.0, 0.01, 0.1, 0.5, 1.0]), st.floats(0
 # Inside the ball: far enough from its surface that float64 rounding of the
 # pattern at the sampled points cannot blur the comparison.
 INSIDE = 1 - 1e-6
+# Balls this small relative to |x| are below what float64 can place points in
+# (x + step rounds the step by 1e-16 |x|) or evaluate the pattern at.
+RESOLVABLE = 1e-8
 TOLERANCE = (1 - FLOAT32_RTOL) / (1 + FLOAT32_RTOL) * (1 - 1e-9)
 
 
@@ -232,11 +235,12 @@ def test_float64_balls_keep_the_pattern_and_the_prediction(data):
         margin = module_margin(module, x, p, precision="float64")
         radius = module_margin(module, x, p, precision="float64", decision=True)
         owner, points, owner_tie, tie_points = [], [], [], []
-        for i in np.flatnonzero((margin > 0) & (margin < np.inf)):
+        scale = RESOLVABLE * (1 + np.linalg.norm(x, axis=1))
+        for i in np.flatnonzero((margin > scale) & (margin < np.inf)):
             steps = _ball_steps(p, n_features, z[i], g[i], rng)
             owner += [i] * len(steps)
             points.append(x[i] + steps * margin[i] * INSIDE)
-            if out_grad.shape[1] > 1 and 0 < radius[i] < np.inf:
+            if out_grad.shape[1] > 1 and scale[i] < radius[i] < np.inf:
                 # The worst case for each class: straight towards the tie.
                 ties = out_grad[i, predicted[i]] - out_grad[i]
                 ties = ties[np.linalg.norm(ties, axis=1) > 0]
