@@ -42,8 +42,12 @@ def images(n_train, n_valid, n_test):
     tr, va = idx[:n_train], idx[n_train : n_train + n_valid]
     shape = (-1, 1, 28, 28)
     return (
-        X[tr].reshape(shape), y[tr], X[va].reshape(shape), y[va],
-        X_test[:n_test].reshape(shape), y_test[:n_test],
+        X[tr].reshape(shape),
+        y[tr],
+        X[va].reshape(shape),
+        y[va],
+        X_test[:n_test].reshape(shape),
+        y_test[:n_test],
     )
 
 
@@ -97,14 +101,25 @@ def main(quick: bool) -> None:
 
     def make(lam, C):
         return ROLLClassifier(
-            "cnn", hidden_layer_sizes=(16, 32), lam=lam, C=C, approx=8,
-            approx_method="projections", max_epochs=epochs, random_state=SEED,
+            "cnn",
+            hidden_layer_sizes=(16, 32),
+            lam=lam,
+            C=C,
+            approx=8,
+            approx_method="projections",
+            max_epochs=epochs,
+            random_state=SEED,
         )
 
     candidates = fit_grid(
         "distortion_quick" if quick else "distortion",
         [(0.0, 0.0)] + [(lam, 1.0) for lam in lams],
-        make, standardise(Xtr), ytr, standardise(Xva), yva, scale=STD,
+        make,
+        standardise(Xtr),
+        ytr,
+        standardise(Xva),
+        yva,
+        scale=STD,
     )
     vanilla = candidates[0]
     roll = select(candidates[1:], vanilla, 0.005)
@@ -121,17 +136,26 @@ def main(quick: bool) -> None:
             maximum.append(genetic_maximum(model, x, label, rng, population, generations))
         acc = model.score(standardise(Xte), yte)
         out[name] = {
-            "test_accuracy": acc, "lam": c["lam"], "valid_accuracy": c["valid_accuracy"],
-            "expected": percentiles(expected), "maximum": percentiles(maximum),
-            "median_l2_margin_pixels": float(np.median(model.certified_margin(standardise(Xte)))) * STD,
+            "test_accuracy": acc,
+            "lam": c["lam"],
+            "valid_accuracy": c["valid_accuracy"],
+            "expected": percentiles(expected),
+            "maximum": percentiles(maximum),
+            "median_l2_margin_pixels": float(np.median(model.certified_margin(standardise(Xte))))
+            * STD,
         }
         print(name, out[name], flush=True)
-        rows.append([
-            name, f"{acc:.3f}",
-            " / ".join(f"{out[name]['expected'][q]:.1f}" for q in ("P25", "P50", "P75", "P100")),
-            " / ".join(f"{out[name]['maximum'][q]:.1f}" for q in ("P25", "P50", "P75", "P100")),
-            f"{out[name]['median_l2_margin_pixels']:.2e}",
-        ])
+        rows.append(
+            [
+                name,
+                f"{acc:.3f}",
+                " / ".join(
+                    f"{out[name]['expected'][q]:.1f}" for q in ("P25", "P50", "P75", "P100")
+                ),
+                " / ".join(f"{out[name]['maximum'][q]:.1f}" for q in ("P25", "P50", "P75", "P100")),
+                f"{out[name]['median_l2_margin_pixels']:.2e}",
+            ]
+        )
     out["wall_seconds"] = time.perf_counter() - wall
     text = (
         "# Gradient distortion (the paper's Table 3 measures) on MNIST, small ResNet\n\n"
@@ -143,8 +167,13 @@ def main(quick: bool) -> None:
         f"over {samples} uniform samples, maximum by a genetic search ({population} x "
         f"{generations} evaluations).\n\n"
         + markdown_table(
-            ["model", "test accuracy", "expected distortion P25 / P50 / P75 / P100",
-             "maximum distortion P25 / P50 / P75 / P100", "median l2 margin (pixels)"],
+            [
+                "model",
+                "test accuracy",
+                "expected distortion P25 / P50 / P75 / P100",
+                "maximum distortion P25 / P50 / P75 / P100",
+                "median l2 margin (pixels)",
+            ],
             rows,
         )
         + f"\n\nPaper (different data and network): {PAPER}.\n"

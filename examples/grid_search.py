@@ -20,9 +20,7 @@ from sklearn_roll.metrics import margin_scorer
 from sklearn_roll.model_selection import best_margin_within, tradeoff_table
 
 X, y = load_breast_cancer(return_X_y=True)
-X_train, X_test, y_train, y_test = train_test_split(
-    X, y, test_size=0.3, random_state=0, stratify=y
-)
+X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
 
 search = GridSearchCV(
     make_pipeline(StandardScaler(), ROLLClassifier(max_epochs=30, random_state=0, n_threads=1)),

@@ -46,7 +46,9 @@ for ax, (name, lam) in zip(axes, settings.items()):
     ).fit(X, y)
     lower, upper = stability_bounds(clf, [sample])
     width = np.median(upper[0] - lower[0])
-    print(f"{name:22s} test accuracy {clf.score(X_test, y_test):.3f}  median bound width {width:.3g}")
+    print(
+        f"{name:22s} test accuracy {clf.score(X_test, y_test):.3f}  median bound width {width:.3g}"
+    )
     plot_stability_bounds(sample, lower[0], upper[0], channels=[0, 1, 2, 3], ax=ax, clip=1.0)
     ax.set_title(f"{name}: median width of the stability interval {width:.3g}")
 fig.tight_layout()

@@ -36,7 +36,7 @@ from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor, nn
 
-from .linearize import _as_chain
+from .linearize import linear_chain
 
 __all__ = ["AffineMap", "affine_map", "check_raw_input", "fold", "split_pipeline"]
 
@@ -355,7 +355,7 @@ def fold(module: nn.Module, amap: AffineMap, shape: tuple[int, ...]) -> nn.Modul
             f"The preprocessing produces {amap.n_out} features, but the network reads "
             f"samples of shape {tuple(shape)}."
         )
-    chain = _as_chain(module)
+    chain = linear_chain(module)
     if chain is None or len(shape) != 1:
         return nn.Sequential(AffineInput(amap, shape), module).to(torch.float64).eval()
     first = chain[0][0]

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from scipy.sparse import issparse
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
@@ -48,7 +49,14 @@ def _ndim(X: Any) -> int:
         return 3
     if hasattr(X, "shape"):
         return len(X.shape)
-    return np.asarray(X).ndim
+    try:
+        return np.asarray(X).ndim
+    except ValueError as exc:
+        raise ValueError(
+            "X has an inhomogeneous shape (nested lists of different lengths): pass a "
+            "2-D array, or sequences as a list of 2-D arrays (T_i, n_channels). "
+            f"numpy says: {exc}"
+        ) from exc
 
 
 def infer_kind(module: Any, X: Any, input_shape: Any) -> str:
@@ -149,6 +157,12 @@ def check_sequences(estimator: Any, X: Any, reset: bool) -> tuple[np.ndarray, Re
     else:
         if not hasattr(X, "shape") and not isinstance(X, (list, tuple)):
             raise ValueError(f"Expected sequences, got {type(X).__name__}.")
+        if isinstance(X, (list, tuple)) and X:
+            dims = sorted({np.ndim(s) for s in X})
+            raise ValueError(
+                "Expected sequences as a 3-D array (n_samples, n_timesteps, n_channels) or "
+                f"a list of 2-D arrays (T_i, n_channels); got a list of {dims}-D items."
+            )
         x = _as_float_array(X, "Input X")
         if x.ndim != 3:
             raise ValueError(
@@ -223,6 +237,11 @@ def check_images(
 
 def check_input(estimator: Any, X: Any, reset: bool) -> tuple[np.ndarray, Restore]:
     """Validate X for the estimator's input kind (set from X when ``reset``)."""
+    if issparse(X):
+        raise TypeError(
+            "Sparse data was passed for X, but dense data is required. Use '.toarray()' "
+            "to convert to a dense numpy array."
+        )
     if reset:
         estimator.input_kind_ = infer_kind(estimator.module, X, estimator.input_shape)
     kind = estimator.input_kind_

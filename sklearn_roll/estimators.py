@@ -246,31 +246,53 @@ class _ROLLMixin:
             super().partial_fit(x, y, **fit_params)
         return self
 
+    @staticmethod
+    def _float32(a: np.ndarray, what: str) -> np.ndarray:
+        """``a`` as the float32 array the network trains on, refusing overflow."""
+        with np.errstate(over="ignore"):
+            out = a.astype(np.float32)
+        if not np.isfinite(out[~np.isnan(a)]).all():
+            raise ValueError(
+                f"{what} has values beyond the float32 range (|value| > 3.4e38), in "
+                "which the network trains; rescale it."
+            )
+        return out
+
     def _roll_input(self, X: Any) -> tuple[np.ndarray, Any]:
         """Validated input in the module's layout, and its restore function."""
         check_is_fitted(self)
         return check_input(self, X, reset=False)
 
-    def _forward(self, X: Any) -> np.ndarray:
+    def _forward(self, X: Any, logits: bool = False) -> np.ndarray:
         """Predictions of the network in float64, after its output nonlinearity.
+
+        With ``logits`` the raw outputs, before the nonlinearity.
 
         Predictions use the same float64 arithmetic as the certificates, so a
         certified radius and ``predict`` agree even next to a decision boundary, and
-        results do not depend on how samples are batched. skorch's own datasets
+        batching changes results by float64 rounding at most. skorch's own datasets
         (its internal validation split) take skorch's float32 path.
         """
         if is_dataset(X):
             return super().predict_proba(X)
         x, _ = self._roll_input(X)
+        regions._check_parameters(self.module_)
         module = float64_copy(self.module_)
-        nonlinearity = self._get_predict_nonlinearity()
+        nonlinearity = (lambda out: out) if logits else self._get_predict_nonlinearity()
         size = len(x) if self.batch_size == -1 else self.batch_size
         outputs = []
         with self._threads(), torch.no_grad():
             for start in range(0, len(x), size):
                 xb = torch.from_numpy(x[start : start + size]).to(torch.float64)
                 outputs.append(nonlinearity(first_output(module(xb))).numpy())
-        return np.concatenate(outputs)
+        out = np.concatenate(outputs)
+        if not np.isfinite(out).all():
+            bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+            raise ValueError(
+                f"The network's output for sample {bad} is not finite in float64 "
+                "(overflow): its weights or the inputs are too large."
+            )
+        return out
 
     # ------------------------------------------------------------ certificates
 
@@ -286,7 +308,9 @@ class _ROLLMixin:
         p : {1, 2, np.inf}, default=2
             Order of the ball.
         precision : {"float32", "float64"}, default="float32"
-            Arithmetic of the certificate.
+            Arithmetic of the certificate; a float32 margin never exceeds the
+            float64 one and lies within a factor ``(1 - FLOAT32_RTOL) / (1 +
+            FLOAT32_RTOL)`` below it.
         batch_size : int or None, default=None
             Samples per batch; None keeps the tangent tensors near 64 MiB.
         progress : bool, default=False
@@ -357,8 +381,15 @@ _COMMON_DOC = """
     input_shape : tuple of int or None, default=None
         Shape of one image when images are passed flattened.
     random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation, batch shuffling and probes; with an int, two
-        fits give bit-identical networks.
+        Seeds weight initialisation, batch shuffling and probes (inside
+        ``torch.random.fork_rng``, so the global torch RNG is left as it was). With
+        an int, two fits give bit-identical networks, predictions and certificates,
+        in one process or in separate processes, on CPU with the same machine and
+        torch build. No torch setting is needed for that on CPU; keep
+        ``n_threads`` fixed if the core count may differ, since large matrix
+        products may split their sums differently with other thread counts. On
+        GPU, call ``torch.use_deterministic_algorithms(True)`` (and set
+        ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) as well.
     n_threads : int or None, default=None
         torch threads during fit, predict and the scorers of
         :mod:`sklearn_roll.metrics`; None leaves torch's setting alone. Set it to 1
@@ -384,6 +415,28 @@ _COMMON_DOC = """
     network's, geometric mean; 1.5x at worst) among the settings that kept mean
     accuracy within a point of plain training (0.976 vs 0.975); see
     ``benchmarks/results/defaults.md``.
+"""
+
+
+_NOTES_DOC = """
+    Notes
+    -----
+    Saving and loading: ``pickle`` and ``joblib`` keep the whole estimator. A net
+    pickled with ``device="cuda"`` unpickles on a machine without a GPU with
+    ``device="cpu"`` (skorch maps the tensors and warns). skorch's ``save_params``
+    stores tensors only (module, optimizer, history), not the data-derived
+    attributes (``classes_``, ``n_features_in_``, ``feature_names_in_``, ...) that
+    size the module, so a bare ``initialize()`` cannot rebuild it. Rebuild it from
+    one sample with zero epochs, then load (a regressor needs no ``classes``)::
+
+        clf.save_params(f_params="model.pt", f_optimizer="opt.pt", f_history="h.json")
+        restored = clone(clf).set_params(max_epochs=0, classes=clf.classes_)
+        restored.fit(X[:1], y[:1])  # sizes from the data, no training
+        restored.load_params(f_params="model.pt", f_optimizer="opt.pt", f_history="h.json")
+        restored.set_params(max_epochs=clf.max_epochs)
+
+    ``restored`` then predicts, certifies and explains bit-identically, and
+    ``partial_fit`` continues training where ``clf`` stopped.
 """
 
 
@@ -416,7 +469,9 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
         The trained network; it outputs logits.
     history_ : skorch.History
         Per-epoch training record.
-
+"""
+        + _NOTES_DOC
+        + """
     Examples
     --------
     >>> from sklearn.datasets import load_iris
@@ -480,7 +535,7 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
 
     def _fit_data(self, X, y, reset, classes=None):
         x, _ = check_input(self, X, reset=reset)
-        x = x.astype(np.float32)
+        x = self._float32(x, "X")
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
@@ -532,8 +587,10 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
         -------
         ndarray of shape (n_samples,)
         """
-        proba = self._forward(X)
-        return self.classes_[proba.argmax(axis=1)]
+        # The argmax of the logits, as in the certificates: probabilities can round
+        # distinct logits to a tie.
+        logits = self._forward(X, logits=True)
+        return self.classes_[logits.argmax(axis=1)]
 
     @property
     def _default_callbacks(self):
@@ -565,7 +622,9 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
         Number of regression targets.
     module_ : nn.Module
         The trained network.
-
+"""
+        + _NOTES_DOC
+        + """
     Examples
     --------
     >>> from sklearn.datasets import load_diabetes
@@ -628,7 +687,7 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
 
     def _fit_data(self, X, y, reset, classes=None):
         x, _ = check_input(self, X, reset=reset)
-        x = x.astype(np.float32)
+        x = self._float32(x, "X")
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
@@ -645,7 +704,7 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
             raise ValueError(
                 f"y has {y2.shape[1]} outputs, but the model was fitted with {self.n_outputs_}."
             )
-        return x, y2.astype(np.float32)
+        return x, self._float32(y2, "y")
 
     def predict(self, X):
         """Predicted targets.

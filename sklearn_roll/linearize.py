@@ -40,9 +40,11 @@ __all__ = [
     "AxisTangents",
     "Linearization",
     "UnsupportedOperationError",
+    "chain_vjp",
     "check_supported",
     "first_output",
     "float64_copy",
+    "linear_chain",
     "linearize",
     "record",
     "tangent_count",
@@ -368,9 +370,12 @@ class _Recorder(TorchFunctionMode):
     parametrizations, masks) pass unchecked.
     """
 
-    def __init__(self, module: nn.Module, inputs: Tensor) -> None:
+    def __init__(
+        self, module: nn.Module, inputs: Tensor, patterns: list[Tensor] | None = None
+    ) -> None:
         super().__init__()
         self.module = module
+        self.patterns = patterns
         self.pre: list[Tensor] = []
         self.masks: list[Tensor | None] = []
         self.negative_slopes: list[float] = []
@@ -474,16 +479,24 @@ class _Recorder(TorchFunctionMode):
                 "cannot be attributed to examples",
             )
         mask = _UNIT_MASK.get()
+        index = len(self.pre)
         self.pre.append(z.clone() if inplace else z)
         self.masks.append(None if mask is None else mask.expand(z.shape))
         self.negative_slopes.append(slope)
-        out = func(*args, **kwargs)
+        if self.patterns is None:
+            out = func(*args, **kwargs)
+        else:
+            s = _frozen(self.patterns[index].reshape(z.shape), slope, z.dtype)
+            out = z.mul_(s) if inplace else z * s
         self._mark(out)
         return out
 
 
 def float64_copy(module: nn.Module) -> nn.Module:
     """A float64 copy of ``module`` in eval mode, for exact certificates and predictions.
+
+    The copy lives on the CPU, with the inputs that come from numpy, wherever the
+    module was trained.
 
     Parameters
     ----------
@@ -494,7 +507,7 @@ def float64_copy(module: nn.Module) -> nn.Module:
     -------
     nn.Module
     """
-    return copy.deepcopy(module).to(torch.float64).eval()
+    return copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
 
 
 def first_output(out: Any) -> Tensor:
@@ -525,10 +538,23 @@ def _flat(t: Tensor, n: int) -> Tensor:
 # ------------------------------------------------------------------ linear chains
 
 
-def _as_chain(module: nn.Module) -> list[tuple[nn.Linear, float | None]] | None:
-    """Return the (Linear, slope) layers of a plain Linear/activation chain, or None.
+def linear_chain(module: nn.Module) -> list[tuple[nn.Linear, float | None]] | None:
+    """The (Linear, slope) layers of a plain Linear/activation chain, or None.
 
-    The slope is the activation's slope below zero, None for the output layer.
+    Such chains (``nn.Sequential`` of ``nn.Linear`` and ReLU / LeakyReLU, e.g.
+    :class:`sklearn_roll.nn.MLP`) take the fast Jacobian path for 2-D input.
+
+    Parameters
+    ----------
+    module : nn.Module
+        Any module.
+
+    Returns
+    -------
+    list of (nn.Linear, float or None), or None
+        Each Linear layer with the slope below zero of the activation after it
+        (0 for ReLU), None for the output layer; None if the module is not such a
+        chain.
     """
     if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
         return None
@@ -557,9 +583,9 @@ def _as_chain(module: nn.Module) -> list[tuple[nn.Linear, float | None]] | None:
     return [(layer, slope) for layer, slope in chain]
 
 
-def _slopes(z: Tensor, negative_slope: float) -> Tensor:
-    """Frozen activation slopes: 1 where z > 0, else the slope below zero."""
-    return torch.where(z > 0, 1.0, negative_slope).to(z.dtype)
+def _frozen(on: Tensor, negative_slope: float, dtype: torch.dtype) -> Tensor:
+    """Activation slopes of a pattern: 1 where a unit is on, else the slope below zero."""
+    return torch.where(on, 1.0, negative_slope).to(dtype)
 
 
 def _chain_linearize(
@@ -567,6 +593,7 @@ def _chain_linearize(
     x: Tensor,
     tangents: Tangents | None,
     reduce: Reduce | None = None,
+    patterns: list[Tensor] | None = None,
 ) -> Linearization:
     """Linearize a Linear/activation chain by explicit Jacobian propagation.
 
@@ -593,9 +620,10 @@ def _chain_linearize(
         if slope is None:
             output, output_t = z, None if T is None else T.permute(1, 0, 2)
             break
+        on = z > 0 if patterns is None else patterns[len(pre)]
         pre.append(z)
         slopes.append(slope)
-        s = _slopes(z, slope)
+        s = _frozen(on, slope, z.dtype)
         if T is not None:
             view = T.permute(1, 0, 2)
             pre_tangents.append(view if reduce is None else reduce(view))
@@ -619,7 +647,11 @@ def _first_tangents(W: Tensor, h: Tensor, tangents: Tangents) -> Tensor:
     if isinstance(tangents, AxisTangents):
         return W[:, tangents.indices.T]
     if isinstance(tangents, Tensor):
-        return torch.einsum("hd,knd->hnk", W, tangents.reshape(tangents.shape[0], n, -1))
+        k = tangents.shape[0]
+        if n > 1 and tangents.stride(1) == 0:
+            # The same directions for every example: one product, shared.
+            return (W @ tangents[:, 0].reshape(k, -1).T)[:, None, :].expand(-1, n, -1)
+        return torch.einsum("hd,knd->hnk", W, tangents.reshape(k, n, -1))
     if tangents == "l2" and W.shape[1] > W.shape[0]:
         # Row norms of J = M W equal those of M W Q when the columns of Q span the
         # row space of W. Q is held constant: the gradient of ||M W Q|| with
@@ -633,21 +665,27 @@ def _first_tangents(W: Tensor, h: Tensor, tangents: Tangents) -> Tensor:
 # ------------------------------------------------------------------ general path
 
 
-def _record_call(module: nn.Module, x: Tensor) -> tuple[Tensor, _Recorder]:
-    recorder = _Recorder(module, x)
+def _record_call(
+    module: nn.Module, x: Tensor, patterns: list[Tensor] | None = None
+) -> tuple[Tensor, _Recorder]:
+    recorder = _Recorder(module, x, patterns)
     with recorder:
         out = module(x)
     return first_output(out), recorder
 
 
 def _general_linearize(
-    module: nn.Module, x: Tensor, tangents: Tensor, reduce: Reduce | None = None
+    module: nn.Module,
+    x: Tensor,
+    tangents: Tensor,
+    reduce: Reduce | None = None,
+    patterns: list[Tensor] | None = None,
 ) -> Linearization:
     n = x.shape[0]
     meta: dict[str, Any] = {}
 
     def f(inp: Tensor):
-        out, rec = _record_call(module, inp)
+        out, rec = _record_call(module, inp, patterns)
         meta["slopes"] = rec.negative_slopes
         meta["masked"] = [i for i, m in enumerate(rec.masks) if m is not None]
         masks = tuple(rec.masks[i].to(out.dtype) for i in meta["masked"])
@@ -715,7 +753,7 @@ def record(module: nn.Module, x: Tensor) -> Linearization:
     >>> [z.shape for z in lin.pre]
     [torch.Size([2, 5]), torch.Size([2, 6])]
     """
-    chain = _as_chain(module)
+    chain = linear_chain(module)
     if chain is not None and x.dim() == 2:
         return _chain_linearize(chain, x, None)
     out, rec = _record_call(module, x)
@@ -743,7 +781,7 @@ def check_supported(module: nn.Module, x: Tensor) -> None:
     x : Tensor of shape (n, ...)
         A few inputs in the layout the module expects.
     """
-    if _as_chain(module) is not None and x.dim() == 2:
+    if linear_chain(module) is not None and x.dim() == 2:
         return
     with torch.no_grad():
         _record_call(module, x)
@@ -770,7 +808,7 @@ def tangent_count(module: nn.Module, x: Tensor, tangents: Tangents) -> int:
     if isinstance(tangents, Tensor):
         return tangents.shape[0]
     d = math.prod(x.shape[1:])
-    chain = _as_chain(module)
+    chain = linear_chain(module)
     if tangents == "l2" and chain is not None and x.dim() == 2:
         return min(d, chain[0][0].weight.shape[0])
     return d
@@ -792,6 +830,8 @@ def linearize(
     x: Tensor,
     tangents: Tangents = "basis",
     reduce: Reduce | None = None,
+    *,
+    patterns: list[Tensor] | None = None,
 ) -> Linearization:
     """Pre-activations and their derivatives along tangent directions.
 
@@ -812,6 +852,14 @@ def linearize(
         Applied to each block of unit tangents, shaped (n, u, k), as soon as it is
         computed (e.g. a norm over the last axis); ``pre_tangents`` then holds the
         results. Saves memory and time when only a reduction is needed.
+    patterns : list of Tensor of bool, or None, default=None
+        The activation pattern to freeze, one (n, u) tensor per recorded
+        activation call (True: the unit is on), e.g. ``[z > 0 for z in
+        record(float64_copy(module), x.double()).pre]``. None takes the pattern
+        of the module's own forward pass on ``x``. Freezing a float64 pattern keeps
+        a float32 Jacobian in the same linear region as the float64 certificate
+        next to region boundaries, where float32 rounding may flip a unit. ``pre``
+        and ``output`` still hold the module's own forward values.
 
     Returns
     -------
@@ -826,13 +874,63 @@ def linearize(
     >>> lin.pre_tangents[0].shape
     torch.Size([2, 5, 4])
     """
-    chain = _as_chain(module)
+    chain = linear_chain(module)
     if chain is not None and x.dim() == 2:
-        return _chain_linearize(chain, x, tangents, reduce)
+        return _chain_linearize(chain, x, tangents, reduce, patterns)
     if isinstance(tangents, str):
         if tangents not in ("basis", "l2"):
             raise ValueError(f"tangents must be 'basis', 'l2' or a tensor, got {tangents!r}.")
         tangents = basis_tangents(x)
     elif isinstance(tangents, AxisTangents):
         tangents = tangents.dense(x)
-    return _general_linearize(module, x, tangents, reduce)
+    return _general_linearize(module, x, tangents, reduce, patterns)
+
+
+def chain_vjp(module: nn.Module, patterns: list[Tensor], layer: int, cotangents: Tensor) -> Tensor:
+    """Rows ``c^T dz/dx`` of a Linear chain with frozen activation patterns.
+
+    Reverse mode, one row per cotangent: the cheap way to get a few unit gradients
+    (or output-gradient differences) exactly, e.g. in float64 for the units whose
+    float32 values are too uncertain.
+
+    Parameters
+    ----------
+    module : nn.Module
+        A Linear chain (see :func:`linear_chain`); the arithmetic is that of
+        ``cotangents``, to whose dtype the weights are cast.
+    patterns : list of Tensor of bool, shape (m, u_i)
+        For each row, the activation pattern of its example, one tensor per hidden
+        layer (at least the layers below ``layer``).
+    layer : int
+        Which pre-activations the cotangents weigh: hidden layer index, or
+        ``len(hidden layers)`` for the output.
+    cotangents : Tensor of shape (m, width of that layer)
+        One cotangent per row.
+
+    Returns
+    -------
+    Tensor of shape (m, n_features)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.nn import MLP
+    >>> from sklearn_roll.linearize import chain_vjp, record
+    >>> net, x = MLP(4, 3, hidden_layer_sizes=(5,)), torch.randn(2, 4)
+    >>> on = [z > 0 for z in record(net, x).pre]
+    >>> chain_vjp(net, on, 1, torch.eye(3)[[0, 2]]).shape
+    torch.Size([2, 4])
+    """
+    chain = linear_chain(module)
+    if chain is None:
+        raise ValueError(
+            f"chain_vjp needs a chain of nn.Linear and ReLU / LeakyReLU layers, got "
+            f"{type(module).__name__}."
+        )
+    v = cotangents
+    for i in range(layer, -1, -1):
+        linear, _ = chain[i]
+        v = v @ linear.weight.to(v.dtype)
+        if i:
+            v = v * _frozen(patterns[i - 1], chain[i - 1][1], v.dtype)
+    return v

@@ -2,10 +2,11 @@
 
 The first half of this module is the math: it turns a
 :class:`~sklearn_roll.linearize.Linearization` into l_p margins, directional margins,
-per-coordinate stability bounds and decision radii. The second half holds the public
-functions, which take a fitted ROLL estimator, unwrap its module and input
-conversion, and call that math batch by batch so memory stays bounded
-(``progress=True`` shows a progress bar over the batches).
+per-coordinate stability bounds and decision radii, and evaluates them on a module
+batch by batch so memory stays bounded (:func:`module_margin`; ``progress=True`` shows a
+progress bar over the batches). The second half holds the public functions, which
+take a fitted ROLL estimator, unwrap its module and input conversion, and call that
+math.
 
 Pipelines. Every public function also takes a fitted ``Pipeline`` whose last step is a
 ROLL estimator and whose other steps are affine maps ``x -> A x + c``:
@@ -19,11 +20,40 @@ bounds and gradients concern the composed function and are in the units of the r
 features that the pipeline receives. Any other step raises a ``ValueError`` naming it.
 
 Precision. Certificates concern the network as a real-valued function of its
-weights. With ``precision="float64"`` everything is computed in float64. With
-``precision="float32"`` (the default) the expensive Jacobian work runs in float32
-while the pre-activations ``z_u`` come from a float64 forward pass; the float32
-gradient norms are enlarged by the factor ``1 + FLOAT32_RTOL`` so that rounding in
-the Jacobian cannot make a margin over-claim.
+weights, at the activation pattern of a float64 forward pass. With
+``precision="float64"`` everything is computed in float64. With
+``precision="float32"`` (the default) the l_p margins and robust radii of Linear
+chains (:class:`~sklearn_roll.nn.MLP`) take a faster path whose result provably never
+exceeds the exact value:
+
+* the Jacobian is computed in float32 with the activation pattern frozen to the
+  float64 one (:func:`~sklearn_roll.linearize.linearize` with ``patterns``), so a
+  unit that float32 rounding would flip next to a boundary cannot change the
+  gradients of the units above it;
+* every float32 gradient row gets a rigorous bound on its rounding error, from
+  the standard model of IEEE arithmetic (each inner product of length m errs by at
+  most ``gamma_m = m u / (1 - m u)``, u = 2^-24, times the sum of the absolute
+  products, plus ``2^-126`` per operation for underflow, also with flush-to-zero),
+  propagated through the layers;
+* a unit whose bound is within ``FLOAT32_RTOL`` of its float32 gradient norm enters
+  with that norm enlarged by ``1 + FLOAT32_RTOL``; any other unit whose ratio could
+  still be the smallest, judged from the bounds, has its gradient recomputed
+  exactly in float64 (:func:`~sklearn_roll.linearize.chain_vjp`), also enlarged by
+  ``1 + FLOAT32_RTOL``; overflow (inf or NaN in float32) is handled the same way.
+
+So a float32 margin m32 and the float64 one m64 satisfy
+``m64 * (1 - FLOAT32_RTOL) / (1 + FLOAT32_RTOL) <= m32 <= m64`` up to float64 rounding
+(bookkeeping in float64 adds a relative ``1e-9`` to every bound). Where float32
+matrix products may be less accurate than IEEE float32
+(``torch.get_float32_matmul_precision()`` other than ``"highest"``), for other
+modules, and for
+directional margins and stability bounds (which compare single partial derivatives,
+whose rounding has no useful relative bound), certificates are computed in float64
+whatever ``precision`` says (l_p margins and radii still enlarge the norms by
+``1 + FLOAT32_RTOL`` for ``"float32"``, so the bounds above hold for every module).
+
+Values too large for float64 (the network's pre-activations, outputs or gradients
+overflow) are refused with a ``ValueError``, never reported as NaN.
 """
 
 from __future__ import annotations
@@ -32,11 +62,14 @@ import copy
 import dataclasses
 import math
 import numbers
+import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.base import is_classifier
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
@@ -46,8 +79,10 @@ from tqdm import tqdm
 from ._affine import check_raw_input, fold, split_pipeline
 from .linearize import (
     Linearization,
+    chain_vjp,
     first_output,
     float64_copy,
+    linear_chain,
     linearize,
     record,
     tangent_count,
@@ -61,17 +96,36 @@ __all__ = [
     "count_linear_regions",
     "directional_margin",
     "explain",
+    "module_margin",
     "stability_bounds",
 ]
 
 FLOAT32_RTOL = 1e-4
-"""Relative enlargement of float32 gradient norms in ``precision="float32"``."""
+"""Relative enlargement of gradient norms in ``precision="float32"``.
+
+Float32 gradient norms are used only where their rigorous rounding bound is within
+this tolerance; float32 margins then lie within a factor
+``(1 - FLOAT32_RTOL) / (1 + FLOAT32_RTOL)`` below the exact ones.
+"""
 
 # Tangent memory per batch. Small enough that a layer's tangents stay in cache-friendly
 # sizes (batches of 32-64 samples were fastest for a 784-300x4 MLP), large enough that
 # each layer is one big matrix product.
 _MEMORY_BUDGET = 64 * 2**20
+# A batch_size passed explicitly may use more, up to this many bytes of tangents.
+_MEMORY_CAP = 2 * 2**30
 _PRECISIONS = ("float32", "float64")
+
+# IEEE float32: unit roundoff, and the largest error of an underflowing operation
+# (the smallest normal number, so flush-to-zero is covered too).
+_U32 = 2.0**-24
+_TINY32 = float(torch.finfo(torch.float32).tiny)
+# Below this, float32 numbers have lost relative precision to underflow.
+_SMALLEST_ACCURATE32 = _TINY32 / float(torch.finfo(torch.float32).eps)
+# Relative rounding of the float64 arithmetic that evaluates the bounds themselves.
+_BOOKKEEPING = 1e-9
+# Gradient rows recomputed exactly per call of the refinement (bounds their memory).
+_REFINE_CHUNK = 4096
 
 # ------------------------------------------------------------------------ math
 
@@ -98,9 +152,15 @@ def dual_order(p: float) -> float:
     raise ValueError(f"p must be 1, 2 or np.inf, got {p!r}.")
 
 
-def _min_ratio(num: Tensor, den: Tensor, counted: Tensor | None) -> Tensor:
-    """Per-example minimum of num / den over units with den > 0 (inf if none)."""
+def _ratios(num: Tensor, den: Tensor) -> Tensor:
+    """num / den where den > 0, +inf where den == 0, 0 where den is NaN (no claim)."""
     ratio = torch.where(den > 0, num / torch.where(den > 0, den, 1), math.inf)
+    return torch.where(torch.isnan(den), 0.0, ratio)
+
+
+def _min_ratio(num: Tensor, den: Tensor, counted: Tensor | None) -> Tensor:
+    """Per-example minimum of num / den over counted units with den > 0 (inf if none)."""
+    ratio = _ratios(num, den)
     if counted is not None:
         ratio = torch.where(counted, ratio, math.inf)
     if ratio.shape[1] == 0:
@@ -132,6 +192,7 @@ def lp_margin(lin: Linearization, pre: list[Tensor], rtol: float = 0.0) -> Tenso
     """Radius of the largest l_p ball around each point inside its linear region.
 
     ``min_u |z_u| / ||g_u||_q`` over counted units with ``g_u != 0``; +inf if none.
+    A NaN norm (overflow) gives 0, never a claim.
 
     Parameters
     ----------
@@ -227,6 +288,25 @@ def axis_bounds(lin: Linearization, pre: list[Tensor], rtol: float = 0.0) -> tup
     return -down, up
 
 
+def _decision_terms(
+    output_tangents: Tensor, output: Tensor, q: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Logit gaps to the predicted class, q-norms of their gradients, the class, the others.
+
+    Returns gap (n, K), norm (n, K), predicted index (n,) and a mask of the classes
+    other than the predicted one (n, K).
+    """
+    output = output.double()
+    y = output.argmax(dim=1)
+    rows = torch.arange(output.shape[0])
+    gap = output[rows, y][:, None] - output
+    grad = output_tangents[rows, y][:, None, :] - output_tangents
+    norm = torch.linalg.vector_norm(grad, ord=q, dim=2)
+    others = torch.ones_like(gap, dtype=torch.bool)
+    others[rows, y] = False
+    return gap, norm, y, others
+
+
 def decision_distance(lin: Linearization, p: float, output: Tensor, rtol: float = 0.0) -> Tensor:
     """l_p distance to the nearest tie of the predicted class within the region.
 
@@ -248,17 +328,466 @@ def decision_distance(lin: Linearization, p: float, output: Tensor, rtol: float 
     -------
     Tensor of shape (n,), float64
     """
-    q = dual_order(p)
-    output = output.double()
-    y = output.argmax(dim=1)
-    rows = torch.arange(output.shape[0])
-    gap = output[rows, y][:, None] - output
-    grad = lin.output_tangents[rows, y][:, None, :] - lin.output_tangents
-    norm = _inflate(torch.linalg.vector_norm(grad, ord=q, dim=2), rtol)
-    dist = torch.where(norm > 0, gap / torch.where(norm > 0, norm, 1), math.inf)
-    dist = torch.where((norm == 0) & (gap <= 0), 0.0, dist)
-    dist[rows, y] = math.inf
-    return dist.amin(dim=1)
+    gap, norm, _, others = _decision_terms(lin.output_tangents, output, dual_order(p))
+    dist = torch.where((gap <= 0) & others, 0.0, _ratios(gap, _inflate(norm, rtol)))
+    return torch.where(others, dist, math.inf).amin(dim=1)
+
+
+# ------------------------------------------------- float32 with rounding bounds
+
+
+def _gamma(m: int) -> float:
+    """Higham's gamma_m for float32: the relative error bound of m rounded operations."""
+    return m * _U32 / (1 - m * _U32)
+
+
+def _entries(k: int, q: float) -> float:
+    """The q-norm of a row of k entries equal to 1."""
+    return k ** (1 / q)
+
+
+def _norm_rounding(norm: Tensor, k: int, q: float) -> Tensor:
+    """Bound on |computed - exact| q-norm of a float32 row of k entries, any summation order."""
+    if q == math.inf:
+        return torch.zeros_like(norm)
+    g = _gamma(k + 1)
+    # Each underflowing square or sum loses at most the smallest normal number.
+    absolute = math.sqrt(k * _TINY32) if q == 2 else k * _TINY32
+    return (g * norm + absolute) / (1 - g)
+
+
+def chain_rounding(
+    absolute: list[Tensor],
+    negative_slopes: list[float],
+    slopes: list[Tensor],
+    norms: list[Tensor],
+    first: Tensor,
+    k: int,
+    q: float,
+) -> list[Tensor]:
+    """Rigorous bounds on the rounding error of a float32 Linear-chain Jacobian.
+
+    Row u of layer i is computed as ``fl(W_i fl(s ⊙ J_{i-1}))``. With the error of a
+    float32 inner product of length m bounded by ``gamma_m`` times the sum of the
+    absolute products (plus underflow), the q-norm error of each row obeys
+    ``E_i <= |W_i| (|s| (gamma_{m+2} N_{i-1} + E_{i-1}))`` plus underflow terms,
+    where ``N`` bounds the q-norms of the computed rows (any monotone norm obeys the
+    triangle inequality used here).
+
+    Parameters
+    ----------
+    absolute : list of Tensor
+        Absolute values of the chain's weight matrices, float64, output layer last.
+    negative_slopes : list of float
+        Slope below zero of each hidden layer's activation.
+    slopes : list of Tensor of shape (n, u_i)
+        The frozen slopes of each hidden layer, float64.
+    norms : list of Tensor of shape (n, u_i)
+        Upper bounds on the q-norms of the computed rows of each hidden layer.
+    first : Tensor of shape (n, u_0)
+        Error bounds of the first layer's rows.
+    k : int
+        Tangents per row.
+    q : float
+        The norm.
+
+    Returns
+    -------
+    list of Tensor
+        Error bounds of each hidden layer's rows, then of the output rows, float64.
+    """
+    per_row = _entries(k, q)
+    errors = [first]
+    for i, weight in enumerate(absolute[1:]):
+        fan_in = weight.shape[1]
+        s = slopes[i].abs()
+        carried = s * (_gamma(fan_in + 2) * norms[i] + errors[i])
+        if negative_slopes[i] not in (0.0, 1.0):
+            # The product with the rounded slope may underflow.
+            carried = carried + torch.where(norms[i] > 0, _TINY32 * per_row, 0.0)
+        products = (s * norms[i]) @ weight.T
+        underflow = torch.where(products > 0, 2 * fan_in * _TINY32 * per_row, 0.0)
+        errors.append(carried @ weight.T + underflow)
+    return errors
+
+
+@dataclasses.dataclass
+class _Block:
+    """Ratios ``num / norm`` of one layer (or the decision), and how sure each norm is.
+
+    ``error`` None means the norms are exact; else it bounds ``|norm - exact|`` and
+    ``exact(rows, cols)`` recomputes selected norms exactly.
+    """
+
+    num: Tensor
+    norm: Tensor
+    counted: Tensor | None = None
+    error: Tensor | None = None
+    exact: Callable[[Tensor, Tensor], Tensor] | None = None
+
+
+_OVERFLOW = (
+    "The network's gradients are not finite in float64 (overflow): its weights are "
+    "too large to certify."
+)
+
+
+def _sound_min(blocks: list[_Block], n: int, rtol: float) -> Tensor:
+    """Per example, the smallest ``num / (norm (1 + rtol))``, never above the exact one.
+
+    Norms with an error bound within ``rtol`` are used as computed; any other unit
+    whose ratio could be the smallest, judged from the bounds, gets its exact norm.
+    """
+    best = torch.full((n,), math.inf, dtype=torch.float64)
+    upper = best.clone()
+    uncertain = []
+    for block in blocks:
+        den = block.norm * (1 + rtol)
+        if block.error is None:
+            counted = block.norm if block.counted is None else block.norm[block.counted]
+            if not torch.isfinite(counted).all():
+                raise ValueError(_OVERFLOW)
+            best = torch.minimum(best, _min_ratio(block.num, den, block.counted))
+            continue
+        finite = torch.isfinite(block.norm) & torch.isfinite(block.error)
+        hi = (block.norm + block.error) * (1 + _BOOKKEEPING)
+        lo = (block.norm - block.error) * (1 - _BOOKKEEPING)
+        safe = finite & (hi <= den)
+        best = torch.minimum(best, _min_ratio(block.num, torch.where(safe, den, 0), block.counted))
+        ceiling = torch.where(finite & (lo > 0), lo, 0)
+        upper = torch.minimum(upper, _min_ratio(block.num, ceiling, block.counted))
+        uncertain.append((block, safe, torch.where(finite, _ratios(block.num, hi), 0)))
+    for block, safe, lower in uncertain:
+        need = ~safe & (lower <= upper[:, None]) & (lower < math.inf)
+        if block.counted is not None:
+            need &= block.counted
+        rows, cols = need.nonzero(as_tuple=True)
+        for start in range(0, len(rows), _REFINE_CHUNK):
+            r, c = rows[start : start + _REFINE_CHUNK], cols[start : start + _REFINE_CHUNK]
+            norm = block.exact(r, c)
+            if not torch.isfinite(norm).all():
+                raise ValueError(_OVERFLOW)
+            best = best.scatter_reduce(0, r, _ratios(block.num[r, c], norm * (1 + rtol)), "amin")
+    return best
+
+
+# ------------------------------------------------------------ evaluation
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}.")
+
+
+def _memory_cap() -> int:
+    """Bytes of tangents one batch may use: an eighth of physical memory, at most 2 GiB."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return _MEMORY_CAP
+    return max(_MEMORY_BUDGET, min(_MEMORY_CAP, physical // 8))
+
+
+def _batch_size(
+    module: nn.Module, x: np.ndarray, batch_size: int | None, k: int, per_input: int = 0
+) -> int:
+    """Samples per batch so that the tangent tensors stay within the memory budget.
+
+    ``k`` values per unit and output and ``per_input`` per input coordinate are held
+    for each example (tangents, or activations and gradients). A requested
+    ``batch_size`` is kept unless that would exceed the memory cap; it is then
+    lowered, with a warning, instead of exhausting memory.
+    """
+    if batch_size is not None and (
+        not isinstance(batch_size, numbers.Integral)
+        or isinstance(batch_size, bool)
+        or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+    if len(x) == 0:
+        return 1
+    dtype = next(_dtypes(module))
+    probe = torch.from_numpy(x[:1]).to(dtype)
+    with torch.no_grad():
+        lin = record(module, probe)
+    itemsize = torch.finfo(dtype).bits // 8
+    per_example = itemsize * (
+        max(k, 1) * (lin.n_units + lin.output.shape[1]) + per_input * math.prod(x.shape[1:])
+    )
+    if batch_size is None:
+        return int(max(1, min(len(x), _MEMORY_BUDGET // per_example)))
+    cap = _memory_cap()
+    most = max(1, cap // per_example)
+    if min(batch_size, len(x)) > most:
+        warnings.warn(
+            f"batch_size={batch_size} would need about "
+            f"{per_example * min(batch_size, len(x)) / 2**20:.0f} MiB of tangents per "
+            f"batch; using batch_size={most}, the most that fits the "
+            f"{cap / 2**20:.0f} MiB cap.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return int(most)
+    return int(batch_size)
+
+
+def _dtypes(module: nn.Module) -> Iterator[torch.dtype]:
+    for param in module.parameters():
+        yield param.dtype
+    yield torch.float32
+
+
+def _chunks(n: int, size: int, progress: bool = False) -> Iterable[slice]:
+    """Row slices of at most ``size``, under a tqdm bar when ``progress``."""
+    starts = range(0, n, size)
+    if progress:
+        starts = tqdm(starts, unit="batch", desc="sklearn-roll")
+    return (slice(start, min(start + size, n)) for start in starts)
+
+
+def _check_parameters(module: nn.Module) -> None:
+    if not all(torch.isfinite(param).all() for param in module.parameters()):
+        raise ValueError(
+            "The network's parameters contain NaN or infinity (did training diverge?); "
+            "it has no certificate."
+        )
+
+
+class _Evaluator:
+    """Linearize a module batch by batch: a float64 record, Jacobians in a working precision.
+
+    The working precision is float32 only for the margins of Linear chains on 2-D
+    input with IEEE float32 matrix products, where :func:`chain_rounding` bounds
+    the rounding; everything else runs in float64.
+    """
+
+    def __init__(
+        self, module: nn.Module, x: np.ndarray, precision: str, exact: nn.Module | None = None
+    ) -> None:
+        _check_precision(precision)
+        _check_parameters(module)
+        self.x = x
+        # ``exact`` is the float64 network when ``module`` was derived from it (a
+        # pipeline's network folded with its preprocessing); else a copy of ``module``.
+        self.exact = float64_copy(module) if exact is None else exact
+        self.chain = linear_chain(self.exact) if x.ndim == 2 else None
+        self.bounded = (
+            precision == "float32"
+            and self.chain is not None
+            and all(param.dtype == torch.float32 for param in module.parameters())
+            and torch.get_float32_matmul_precision() == "highest"
+        )
+        self.work = module if self.bounded else self.exact
+        if self.bounded:
+            self.absolute = [linear.weight.detach().abs() for linear, _ in self.chain]
+        # The float32 contract (within FLOAT32_RTOL below the float64 value) holds
+        # whichever arithmetic serves it.
+        self.rtol = FLOAT32_RTOL if precision == "float32" else 0.0
+
+    def record(self, rows: slice) -> Linearization:
+        """The float64 record of some rows, refusing values that overflow."""
+        exact = record(self.exact, torch.from_numpy(self.x[rows]).double())
+        values = [
+            z if c is None else torch.where(c, z, 0) for z, c in zip(exact.pre, exact.counted)
+        ]
+        if not all(torch.isfinite(v).all() for v in [*values, exact.output]):
+            raise ValueError(
+                "The network's pre-activations or outputs are not finite in float64 "
+                "(overflow) for some samples: its weights or the inputs are too large "
+                "to certify."
+            )
+        return exact
+
+    def batches(
+        self,
+        tangents: str | Callable[[slice], Tensor],
+        k: int,
+        batch_size: int | None,
+        progress: bool = False,
+    ) -> Iterator[tuple[slice, Linearization, Linearization]]:
+        """Yield (rows, float64 linearization, float64 record)."""
+        size = _batch_size(self.exact, self.x, batch_size, k)
+        with torch.no_grad():
+            for rows in _chunks(len(self.x), size, progress):
+                exact = self.record(rows)
+                xb = torch.from_numpy(self.x[rows]).double()
+                t = tangents(rows) if callable(tangents) else tangents
+                yield rows, linearize(self.exact, xb, t), exact
+
+    def margins(
+        self, p: float, batch_size: int | None, decision: bool, progress: bool = False
+    ) -> np.ndarray:
+        """l_p margins, or with ``decision`` robust radii, of every sample."""
+        q = dual_order(p)
+        if self.bounded:
+            first, tangents, k = self._float32_tangents(p)
+        else:
+            tangents = "l2" if p == 2 else "basis"
+            probe = torch.from_numpy(self.x[:1]).double()
+            k = tangent_count(self.exact, probe, tangents) if len(self.x) else 1
+        size = _batch_size(self.work, self.x, batch_size, k)
+        out = np.empty(len(self.x))
+        with torch.no_grad():
+            for rows in _chunks(len(self.x), size, progress):
+                exact = self.record(rows)
+                if self.bounded:
+                    xb = torch.from_numpy(self.x[rows]).float()
+                    blocks = self._float32_blocks(xb, exact, tangents, first, k, p, decision)
+                else:
+                    xb = torch.from_numpy(self.x[rows]).double()
+                    lin = linearize(self.exact, xb, tangents, norm_reducer(p))
+                    blocks = [
+                        _Block(z.abs(), norm, counted)
+                        for z, norm, counted in zip(exact.pre, lin.pre_tangents, lin.counted)
+                    ]
+                    if decision:
+                        gap, norm, _, others = _decision_terms(lin.output_tangents, exact.output, q)
+                        blocks.append(_Block(gap, norm, others))
+                value = _sound_min(blocks, len(exact.output), self.rtol)
+                if decision:
+                    gap, others = blocks[-1].num, blocks[-1].counted
+                    value = torch.where(((gap <= 0) & others).any(dim=1), 0.0, value)
+                out[rows] = value.numpy()
+        return out
+
+    # ---------------------------------------------------------- float32 path
+
+    def _float32_tangents(self, p: float) -> tuple[Tensor, Callable[[int], Any], int]:
+        """First-layer error bounds (per unit), tangents for n examples, tangents per row."""
+        weight = self.chain[0][0].weight.detach()
+        width, d = weight.shape
+        if p != 2 or d <= width:
+            # Columns of the first weight matrix: exact.
+            return torch.zeros(width, dtype=torch.float64), lambda n: "basis", d
+        # l2 norms are those of the rows times an orthonormal basis of the first
+        # layer's row space, computed in float64 and rounded to float32 once.
+        basis = torch.linalg.qr(weight.T).Q
+        directions = basis.float()
+        rounded = directions.double()
+        spread = weight.abs() @ rounded.abs()
+        first = (
+            _gamma(d) * torch.linalg.vector_norm(spread, dim=1)
+            + torch.linalg.vector_norm(weight @ (rounded - basis), dim=1)
+            + torch.where(spread.sum(dim=1) > 0, 2 * d * _TINY32 * math.sqrt(width), 0.0)
+        )
+
+        def tangents(n: int) -> Tensor:
+            return directions.T[:, None, :].expand(width, n, d)
+
+        return first, tangents, width
+
+    def _float32_blocks(
+        self,
+        xb: Tensor,
+        exact: Linearization,
+        tangents: Callable[[int], Any],
+        first: Tensor,
+        k: int,
+        p: float,
+        decision: bool,
+    ) -> list[_Block]:
+        """Ratio blocks from a float32 Jacobian at the float64 pattern, with error bounds."""
+        n, q = len(xb), dual_order(p)
+        patterns = [z > 0 for z in exact.pre]
+        lin = linearize(self.work, xb, tangents(n), norm_reducer(p), patterns=patterns)
+        slopes = [
+            torch.where(on, 1.0, slope).double()
+            for on, slope in zip(patterns, exact.negative_slopes)
+        ]
+        norms = [norm.double() for norm in lin.pre_tangents]
+        rounding = [_norm_rounding(norm, k, q) for norm in norms]
+        errors = chain_rounding(
+            self.absolute,
+            exact.negative_slopes,
+            slopes,
+            [norm + r for norm, r in zip(norms, rounding)],
+            first.expand(n, -1),
+            k,
+            q,
+        )
+        blocks = [
+            _Block(z.abs(), norm, error=error + r, exact=self._exact_norms(patterns, i, q))
+            for i, (z, norm, r, error) in enumerate(zip(exact.pre, norms, rounding, errors))
+        ]
+        if decision:
+            gap, norm, y, others = _decision_terms(lin.output_tangents.double(), exact.output, q)
+            # The rows of the differences err by at most the sum of both rows' errors.
+            error = errors[-1].gather(1, y[:, None]) + errors[-1]
+            exact_norms = self._exact_norms(patterns, len(patterns), q, y)
+            blocks.append(_Block(gap, norm, others, error=error, exact=exact_norms))
+        return blocks
+
+    def _exact_norms(
+        self, patterns: list[Tensor], layer: int, q: float, predicted: Tensor | None = None
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """Float64 q-norms of selected gradient rows of a layer, by reverse mode.
+
+        Hidden layers: the gradient of unit ``cols``. Output (with ``predicted``):
+        the gradient of logit ``predicted`` minus logit ``cols``.
+        """
+
+        def exact_norms(rows: Tensor, cols: Tensor) -> Tensor:
+            width = (
+                patterns[layer].shape[1] if predicted is None else self.chain[-1][0].out_features
+            )
+            cotangents = F.one_hot(cols, width).double()
+            if predicted is not None:
+                cotangents = F.one_hot(predicted[rows], width).double() - cotangents
+            grads = chain_vjp(self.exact, [on[rows] for on in patterns], layer, cotangents)
+            return torch.linalg.vector_norm(grads, ord=q, dim=1)
+
+        return exact_norms
+
+
+def module_margin(
+    module: nn.Module,
+    x: np.ndarray,
+    p: float = 2,
+    *,
+    precision: str = "float32",
+    batch_size: int | None = None,
+    decision: bool = False,
+    progress: bool = False,
+) -> np.ndarray:
+    """Certified l_p margins (or robust radii) of a module at points, batch by batch.
+
+    The math behind :func:`certified_margin` and :func:`certified_radius`, on a
+    module and arrays rather than a fitted estimator.
+
+    Parameters
+    ----------
+    module : nn.Module
+        A piecewise-linear network in eval mode; its first output is the logits.
+    x : ndarray of shape (n, ...)
+        Points, in the layout the module reads (float64 for exact certificates).
+    p : {1, 2, np.inf}, default=2
+        Order of the ball.
+    precision : {"float32", "float64"}, default="float32"
+        See the module docstring: float32 margins lie within a factor
+        ``(1 - FLOAT32_RTOL) / (1 + FLOAT32_RTOL)`` below the exact ones.
+    batch_size : int or None, default=None
+        Samples per batch; None keeps the tangent tensors near 64 MiB.
+    decision : bool, default=False
+        Return the robust radius ``min(margin, distance to the nearest tie)``.
+    progress : bool, default=False
+        Show a tqdm progress bar over the batches.
+
+    Returns
+    -------
+    ndarray of shape (n,), float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_roll.nn import MLP
+    >>> from sklearn_roll.regions import module_margin
+    >>> net = MLP(4, 3, hidden_layer_sizes=(8, 8)).eval()
+    >>> module_margin(net, np.random.RandomState(0).randn(5, 4)).shape
+    (5,)
+    """
+    dual_order(p)
+    evaluator = _Evaluator(module, np.ascontiguousarray(x), precision)
+    return evaluator.margins(p, batch_size, decision, progress)
 
 
 # ---------------------------------------------------------------- estimators
@@ -284,6 +813,10 @@ class _Fitted:
     def exact_module(self) -> nn.Module:
         """The float64 network, in eval mode."""
         return float64_copy(self.module) if self.module64 is None else self.module64
+
+    def evaluator(self, precision: str) -> _Evaluator:
+        """Batch-wise linearization of this network at ``x``."""
+        return _Evaluator(self.module, self.x, precision, exact=self.module64)
 
 
 def _final_estimator(estimator: Any) -> Any:
@@ -316,17 +849,22 @@ def _final_estimator(estimator: Any) -> Any:
     return estimator
 
 
+def _network(estimator: Any) -> nn.Module:
+    """The estimator's network in eval mode, on the CPU (inputs come from numpy)."""
+    module = estimator.module_
+    module.eval()
+    if any(param.device.type != "cpu" for param in module.parameters()):
+        module = copy.deepcopy(module).cpu()
+    return module
+
+
 def _unwrap(estimator: Any, X: Any) -> _Fitted:
     if isinstance(estimator, Pipeline):
         return _unwrap_pipeline(estimator, X)
     _final_estimator(estimator)
     x, restore = estimator._roll_input(X)
-    module = estimator.module_
-    module.eval()
     classes = estimator.classes_ if is_classifier(estimator) else None
-    return _Fitted(
-        module=module, x=x, restore=restore, classes=classes, inputs=estimator._roll_input
-    )
+    return _Fitted(_network(estimator), x, restore, classes, inputs=estimator._roll_input)
 
 
 def _unwrap_pipeline(pipeline: Pipeline, X: Any) -> _Fitted:
@@ -334,9 +872,10 @@ def _unwrap_pipeline(pipeline: Pipeline, X: Any) -> _Fitted:
     amap, estimator = split_pipeline(pipeline)
     if amap is None:
         return _unwrap(estimator, X)
-    module64 = fold(float64_copy(estimator.module_), amap, _module_input_shape(estimator))
+    network = _network(estimator)
+    module64 = fold(float64_copy(network), amap, _module_input_shape(estimator))
     # The working copy keeps the network's own precision, as for a bare estimator.
-    module = copy.deepcopy(module64).to(next(_dtypes(estimator.module_)))
+    module = copy.deepcopy(module64).to(next(_dtypes(network)))
 
     def inputs(data: Any) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
         return check_raw_input(pipeline, data, amap.n_in), _identity
@@ -361,76 +900,6 @@ def _module_input_shape(estimator: Any) -> tuple[int, ...]:
             "transform 2-D tables, not sequences."
         )
     return (estimator.n_features_in_,)
-
-
-def _check_precision(precision: str) -> None:
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}.")
-
-
-def _batch_size(
-    module: nn.Module, x: np.ndarray, batch_size: int | None, tangents: str | None
-) -> int:
-    """Samples per batch so that the tangent tensors stay within the memory budget."""
-    if batch_size is not None:
-        if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
-        return int(batch_size)
-    if len(x) == 0:
-        return 1
-    dtype = next(_dtypes(module))
-    probe = torch.from_numpy(x[:1]).to(dtype)
-    with torch.no_grad():
-        lin = record(module, probe)
-    k = 1 if tangents is None else tangent_count(module, probe, tangents)
-    itemsize = torch.finfo(dtype).bits // 8
-    per_example = itemsize * k * (lin.n_units + lin.output.shape[1])
-    return int(max(1, min(len(x), _MEMORY_BUDGET // per_example)))
-
-
-def _dtypes(module: nn.Module) -> Iterator[torch.dtype]:
-    for param in module.parameters():
-        yield param.dtype
-    yield torch.float32
-
-
-def _progress(batches: range, enabled: bool) -> Iterable[int]:
-    """The batch starts, under a tqdm bar when ``enabled``."""
-    return tqdm(batches, unit="batch", desc="sklearn-roll") if enabled else batches
-
-
-class _Evaluator:
-    """Run linearizations batch by batch in the requested precision."""
-
-    def __init__(self, fitted: _Fitted, precision: str) -> None:
-        _check_precision(precision)
-        self.fitted = fitted
-        self.exact = fitted.exact_module()
-        self.work = self.exact if precision == "float64" else fitted.module
-        self.dtype = torch.float64 if precision == "float64" else torch.float32
-        self.rtol = 0.0 if precision == "float64" else FLOAT32_RTOL
-
-    def batches(
-        self,
-        tangents: str | Callable[[Tensor, slice], Tensor] | None,
-        batch_size: int | None,
-        reduce: Callable[[Tensor], Tensor] | None = None,
-        progress: bool = False,
-    ) -> Iterator[tuple[slice, Linearization, Linearization]]:
-        """Yield (rows, linearization in working precision, float64 record)."""
-        x = self.fitted.x
-        size = _batch_size(self.work, x, batch_size, None if callable(tangents) else tangents)
-        with torch.no_grad():
-            for start in _progress(range(0, len(x), size), progress):
-                rows = slice(start, min(start + size, len(x)))
-                xb = torch.from_numpy(x[rows])
-                exact = record(self.exact, xb.double())
-                if tangents is None:
-                    yield rows, exact, exact
-                    continue
-                xw = xb.to(self.dtype)
-                t = tangents(xw, rows) if callable(tangents) else tangents
-                yield rows, linearize(self.work, xw, t, reduce), exact
 
 
 def certified_margin(
@@ -458,8 +927,10 @@ def certified_margin(
     p : {1, 2, np.inf}, default=2
         Order of the ball.
     precision : {"float32", "float64"}, default="float32"
-        ``"float64"`` computes everything in float64; ``"float32"`` computes the
-        Jacobian in float32 and enlarges its norms by ``1 + FLOAT32_RTOL``.
+        ``"float64"`` computes everything in float64. ``"float32"`` computes the
+        Jacobian of Linear chains in float32 with rigorous rounding bounds (see the
+        module docstring): the margin never exceeds the float64 one and lies within
+        a factor ``(1 - FLOAT32_RTOL) / (1 + FLOAT32_RTOL)`` below it.
     batch_size : int or None, default=None
         Samples per batch; None keeps the tangent tensors near 64 MiB.
     progress : bool, default=False
@@ -480,12 +951,8 @@ def certified_margin(
     (3,)
     """
     dual_order(p)
-    evaluator = _Evaluator(_unwrap(estimator, X), precision)
-    out = np.empty(len(evaluator.fitted.x))
-    tangents = "l2" if p == 2 else "basis"
-    for rows, lin, exact in evaluator.batches(tangents, batch_size, norm_reducer(p), progress):
-        out[rows] = lp_margin(lin, exact.pre, evaluator.rtol).numpy()
-    return out
+    fitted = _unwrap(estimator, X)
+    return fitted.evaluator(precision).margins(p, batch_size, False, progress)
 
 
 def certified_radius(
@@ -529,14 +996,7 @@ def certified_radius(
         raise TypeError(
             "certified_radius needs a classifier; a regressor has no decision to certify."
         )
-    evaluator = _Evaluator(fitted, precision)
-    out = np.empty(len(fitted.x))
-    tangents = "l2" if p == 2 else "basis"
-    for rows, lin, exact in evaluator.batches(tangents, batch_size, norm_reducer(p), progress):
-        margin = lp_margin(lin, exact.pre, evaluator.rtol)
-        tie = decision_distance(lin, p, exact.output, evaluator.rtol)
-        out[rows] = torch.minimum(margin, tie).numpy()
-    return out
+    return fitted.evaluator(precision).margins(p, batch_size, True, progress)
 
 
 def directional_margin(
@@ -564,7 +1024,8 @@ def directional_margin(
         One direction per sample, or a single direction for all, in the same layout
         as a sample of X. Zero directions are refused.
     precision : {"float32", "float64"}, default="float32"
-        As in :func:`certified_margin`.
+        Both compute in float64: float32 single partial derivatives have no
+        useful rounding bound (see the module docstring).
     batch_size : int or None, default=None
         As in :func:`certified_margin`.
     progress : bool, default=False
@@ -580,31 +1041,50 @@ def directional_margin(
     if np.any(norms == 0):
         raise ValueError("directions must be non-zero.")
     d = d / norms.reshape((-1,) + (1,) * (d.ndim - 1))
-    evaluator = _Evaluator(fitted, precision)
+    # One direction costs about a forward pass: always in float64 (module docstring).
+    _check_precision(precision)
     out = np.empty(len(fitted.x))
 
-    def tangent(xw: Tensor, rows: slice) -> Tensor:
-        return torch.from_numpy(d[rows]).to(xw.dtype)[None]
+    def tangent(rows: slice) -> Tensor:
+        return torch.from_numpy(d[rows]).double()[None]
 
-    for rows, lin, exact in evaluator.batches(tangent, batch_size, progress=progress):
-        out[rows] = directional(lin, exact.pre, evaluator.rtol).numpy()
+    for rows, lin, exact in fitted.evaluator("float64").batches(tangent, 1, batch_size, progress):
+        out[rows] = directional(lin, exact.pre).numpy()
     return out
 
 
 def _directions(fitted: _Fitted, directions: Any) -> np.ndarray:
     """Directions in the module's input layout, one per sample, zero at padding."""
     x = fitted.x
+    d = None
     if not isinstance(directions, (list, tuple)):
-        single = np.asarray(directions, dtype=np.float64)
+        try:
+            single = np.asarray(directions, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"directions must be numeric: {exc}") from exc
         if single.shape == x.shape[1:]:
-            return np.broadcast_to(np.nan_to_num(single), x.shape)
-    d, _ = fitted.inputs(directions)
+            d = np.broadcast_to(single, x.shape)
+        elif single.ndim < x.ndim:
+            raise ValueError(
+                f"directions must be shaped like one sample {x.shape[1:]} or like X "
+                f"{x.shape}; got {single.shape}."
+            )
+    if d is None:
+        try:
+            d, _ = fitted.inputs(directions)
+        except ValueError as exc:
+            raise ValueError(f"Invalid directions: {exc}") from exc
     if d.shape != x.shape:
         raise ValueError(
             f"directions must have one direction per sample, shaped like X {x.shape} "
             f"or like one sample {x.shape[1:]}; got {d.shape}."
         )
-    return np.nan_to_num(d)
+    padding = np.isnan(x)
+    if not np.isfinite(d[~padding]).all():
+        raise ValueError(
+            "directions must be finite (NaN is allowed only at padded time steps of sequences)."
+        )
+    return np.where(padding, 0.0, d)
 
 
 def stability_bounds(
@@ -630,7 +1110,8 @@ def stability_bounds(
     X : array-like
         Samples.
     precision : {"float32", "float64"}, default="float32"
-        As in :func:`certified_margin`.
+        Both compute in float64: float32 single partial derivatives have no
+        useful rounding bound (see the module docstring).
     batch_size : int or None, default=None
         As in :func:`certified_margin`.
     progress : bool, default=False
@@ -640,18 +1121,22 @@ def stability_bounds(
     -------
     lower, upper : arrays shaped like X (a list of arrays for list input)
     """
-    evaluator = _Evaluator(_unwrap(estimator, X), precision)
-    x = evaluator.fitted.x
+    fitted = _unwrap(estimator, X)
+    # Single partial derivatives have no useful float32 bound: always float64.
+    _check_precision(precision)
+    x = fitted.x
     lower = np.empty(x.shape)
     upper = np.empty(x.shape)
-    for rows, lin, exact in evaluator.batches("basis", batch_size, progress=progress):
-        lo, up = axis_bounds(lin, exact.pre, evaluator.rtol)
+    k = math.prod(x.shape[1:])
+    evaluator = fitted.evaluator("float64")
+    for rows, lin, exact in evaluator.batches("basis", k, batch_size, progress):
+        lo, up = axis_bounds(lin, exact.pre)
         lower[rows] = lo.reshape(lower[rows].shape).numpy()
         upper[rows] = up.reshape(upper[rows].shape).numpy()
     padding = np.isnan(x)
     lower[padding] = np.nan
     upper[padding] = np.nan
-    return evaluator.fitted.restore(lower), evaluator.fitted.restore(upper)
+    return fitted.restore(lower), fitted.restore(upper)
 
 
 def _target_indices(fitted: _Fitted, target: Any, n: int, n_outputs: int) -> np.ndarray | None:
@@ -692,7 +1177,7 @@ def explain(
     target: Any = None,
     *,
     precision: str = "float32",
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> Any:
     """Exact input gradient of a logit (classifier) or of the output (regressor).
@@ -712,9 +1197,13 @@ def explain(
         or one per sample; None takes the predicted class. Regressor: the index of
         the output (None for a single output).
     precision : {"float32", "float64"}, default="float32"
-        Arithmetic of the gradient computation.
-    batch_size : int, default=1024
-        Samples per backward pass.
+        Arithmetic of the gradient computation. Samples whose float32 gradient
+        overflows, or is so small (below ~1e-31) that float32 underflow would eat
+        its precision, are recomputed in float64.
+    batch_size : int or None, default=None
+        Samples per backward pass; None keeps the memory near 64 MiB. Larger
+        requests are lowered, with a warning, where they would exceed the memory
+        cap.
     progress : bool, default=False
         Show a tqdm progress bar over the batches.
 
@@ -722,25 +1211,63 @@ def explain(
     -------
     gradients : array shaped like X (a list of arrays for list input)
         NaN at padded positions of sequences.
+
+    Raises
+    ------
+    ValueError
+        If a gradient is not finite even in float64 (the network's weights are too
+        large), or the parameters are not finite.
     """
     fitted = _unwrap(estimator, X)
     _check_precision(precision)
-    module = fitted.exact_module() if precision == "float64" else fitted.module
+    _check_parameters(fitted.module)
+    exact = fitted.exact_module()
+    module = exact if precision == "float64" else fitted.module
     dtype = torch.float64 if precision == "float64" else torch.float32
+    with torch.no_grad():
+        n_outputs = first_output(exact(torch.from_numpy(fitted.x[:1]).double())).shape[1]
+    indices = _target_indices(fitted, target, len(fitted.x), n_outputs)
+    # Saved activations and their gradients, and the input, its gradient and their
+    # float64 copies: a few values per unit and per input coordinate.
+    size = _batch_size(module, fitted.x, batch_size, 4, per_input=6)
     grads = np.empty(fitted.x.shape)
-    indices = None
-    for start in _progress(range(0, len(fitted.x), batch_size), progress):
-        rows = slice(start, min(start + batch_size, len(fitted.x)))
-        xb = torch.from_numpy(fitted.x[rows]).to(dtype).requires_grad_(True)
-        with torch.enable_grad():
-            out = first_output(module(xb))
-            if start == 0:
-                indices = _target_indices(fitted, target, len(fitted.x), out.shape[1])
-            picked = out.argmax(dim=1) if indices is None else torch.from_numpy(indices[rows])
-            (grad,) = torch.autograd.grad(out.gather(1, picked[:, None]).sum(), xb)
-        grads[rows] = grad.double().numpy()
-    grads[np.isnan(fitted.x)] = np.nan
+    for rows in _chunks(len(fitted.x), size, progress):
+        xb = torch.from_numpy(fitted.x[rows])
+        picked = None if indices is None else indices[rows]
+        grad = _input_gradient(module, xb.to(dtype), picked).double()
+        bad = ~torch.isfinite(grad).reshape(len(xb), -1).all(dim=1)
+        if module is not exact:
+            # Rows that overflow float32, or so small that its underflow eats their
+            # precision, are recomputed in float64.
+            small = grad.reshape(len(xb), -1).abs().amax(dim=1) < _SMALLEST_ACCURATE32
+            redo = bad | small
+            if redo.any():
+                sub = None if picked is None else picked[redo.numpy()]
+                grad[redo] = _input_gradient(exact, xb[redo].double(), sub)
+                bad = ~torch.isfinite(grad).reshape(len(xb), -1).all(dim=1)
+        if bad.any():
+            raise ValueError(
+                f"The input gradient of sample {rows.start + int(bad.nonzero()[0, 0])} is not "
+                "finite in float64 (overflow): the network's weights are too large to explain."
+            )
+        # Padded positions of sequences (NaN in X) have no gradient; batch by batch,
+        # since a mask of all of X would be as large as X.
+        grads[rows] = torch.where(torch.isnan(xb), math.nan, grad).numpy()
     return fitted.restore(grads)
+
+
+def _input_gradient(module: nn.Module, x: Tensor, picked: np.ndarray | None) -> Tensor:
+    """Gradient of one output per example (the argmax where ``picked`` is None).
+
+    NaN for examples whose outputs overflow: their pattern and argmax are unreliable.
+    """
+    x = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = first_output(module(x))
+        index = out.argmax(dim=1) if picked is None else torch.from_numpy(picked)
+        (grad,) = torch.autograd.grad(out.gather(1, index[:, None]).sum(), x)
+    finite = torch.isfinite(out).all(dim=1).reshape(-1, *[1] * (x.dim() - 1))
+    return torch.where(finite, grad.detach(), math.nan)
 
 
 def activation_patterns(estimator: Any, X: Any, *, precision: str = "float32") -> np.ndarray:
@@ -769,15 +1296,17 @@ def _patterns(fitted: _Fitted, precision: str) -> np.ndarray:
     _check_precision(precision)
     module = fitted.exact_module() if precision == "float64" else fitted.module
     dtype = torch.float64 if precision == "float64" else torch.float32
+    patterns = []
     with torch.no_grad():
-        lin = record(module, torch.from_numpy(fitted.x).to(dtype))
-    blocks = [
-        (z > 0) if counted is None else (z > 0) & counted
-        for z, counted in zip(lin.pre, lin.counted)
-    ]
-    if not blocks:
-        return np.zeros((len(fitted.x), 0), dtype=bool)
-    return torch.cat(blocks, dim=1).numpy()
+        for rows in _chunks(len(fitted.x), _batch_size(module, fitted.x, None, 1)):
+            lin = record(module, torch.from_numpy(fitted.x[rows]).to(dtype))
+            blocks = [
+                (z > 0) if counted is None else (z > 0) & counted
+                for z, counted in zip(lin.pre, lin.counted)
+            ]
+            empty = torch.zeros(len(lin.output), 0, dtype=torch.bool)
+            patterns.append(torch.cat(blocks or [empty], dim=1).numpy())
+    return np.concatenate(patterns)
 
 
 def _output_jacobians(
@@ -785,15 +1314,15 @@ def _output_jacobians(
 ) -> np.ndarray:
     """Input-output Jacobians (n, n_outputs * D) by reverse mode, one pass per output."""
     blocks = []
-    for start in _progress(range(0, len(x), batch_size), progress):
-        xb = torch.from_numpy(x[start : start + batch_size]).double().requires_grad_(True)
+    for rows in _chunks(len(x), batch_size, progress):
+        xb = torch.from_numpy(x[rows]).double().requires_grad_(True)
         with torch.enable_grad():
             out = first_output(module(xb))
-            rows = [
+            grads = [
                 torch.autograd.grad(out[:, k].sum(), xb, retain_graph=True)[0].reshape(len(xb), -1)
                 for k in range(out.shape[1])
             ]
-        blocks.append(torch.cat(rows, dim=1).numpy())
+        blocks.append(torch.cat(grads, dim=1).numpy())
     return np.concatenate(blocks) if blocks else np.zeros((0, 0))
 
 

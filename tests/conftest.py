@@ -40,7 +40,7 @@ def rng():
 
 
 @pytest.fixture(scope="module")
-def one_torch_thread():
+def one_thread():
     """Run a module's tests with one torch thread: tiny networks gain nothing from two,
     and on a busy machine two OpenMP threads spin and run many times slower."""
     threads = torch.get_num_threads()

@@ -22,7 +22,7 @@ from sklearn_roll.metrics import (
 from sklearn_roll.model_selection import best_margin_within, tradeoff_table
 from sklearn_roll.regions import certified_radius
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(hidden_layer_sizes=(16,), max_epochs=5, lr=1e-2, random_state=0)
 GRID = {"rollclassifier__lam": [0.0, 0.5, 4.0], "rollclassifier__C": [1.0, 4.0]}

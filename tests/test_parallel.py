@@ -18,7 +18,7 @@ from sklearn_roll.parallel import certified_margin_dask
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(hidden_layer_sizes=(16,), max_epochs=3, lr=1e-2, random_state=0, n_threads=1)
 

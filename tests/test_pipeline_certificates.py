@@ -35,7 +35,7 @@ from sklearn_roll.regions import (
     stability_bounds,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 P_AND_Q = [(1, np.inf), (2, 2), (np.inf, 1)]
 SMALL = dict(hidden_layer_sizes=(16,), lam=0.5, max_epochs=5, random_state=0)

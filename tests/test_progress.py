@@ -13,7 +13,7 @@ from sklearn_roll.regions import (
     stability_bounds,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

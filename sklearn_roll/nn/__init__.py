@@ -3,6 +3,14 @@
 from ..linearize import UnsupportedOperationError, unit_mask
 from .cnn import ResidualBlock, ResNet
 from .mlp import MLP
-from .rnn import ElmanRNN
+from .rnn import CayleyLinear, ElmanRNN
 
-__all__ = ["MLP", "ElmanRNN", "ResNet", "ResidualBlock", "UnsupportedOperationError", "unit_mask"]
+__all__ = [
+    "MLP",
+    "CayleyLinear",
+    "ElmanRNN",
+    "ResNet",
+    "ResidualBlock",
+    "UnsupportedOperationError",
+    "unit_mask",
+]

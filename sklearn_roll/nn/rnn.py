@@ -6,8 +6,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import orthogonal
 
 from ..linearize import unit_mask
 from ._activation import make_activation
@@ -36,7 +34,8 @@ class ElmanRNN(nn.Module):
         Slope below zero of the LeakyReLU.
     orthogonal_recurrence : bool, default=False
         Constrain each recurrent matrix to be orthogonal through the Cayley map
-        (the paper trains a scaled-Cayley orthogonal RNN).
+        ``(I + A)^-1 (I - A)`` of a learned skew-symmetric ``A`` (see
+        :class:`CayleyLinear`; the paper trains a scaled-Cayley orthogonal RNN).
 
     Examples
     --------
@@ -59,55 +58,65 @@ class ElmanRNN(nn.Module):
         orthogonal_recurrence: bool = False,
     ) -> None:
         super().__init__()
-        self._init_kwargs = {
-            "n_features": n_features,
-            "n_outputs": n_outputs,
-            "hidden_layer_sizes": tuple(hidden_layer_sizes),
-            "activation": activation,
-            "negative_slope": negative_slope,
-            "orthogonal_recurrence": orthogonal_recurrence,
-        }
         self.inputs = nn.ModuleList()
         self.recurrent = nn.ModuleList()
         width = n_features
         for size in hidden_layer_sizes:
             self.inputs.append(nn.Linear(width, size))
-            rec = nn.Linear(size, size, bias=False)
-            if orthogonal_recurrence:
-                rec = orthogonal(rec, orthogonal_map="cayley")
-            self.recurrent.append(rec)
+            self.recurrent.append(
+                CayleyLinear(size) if orthogonal_recurrence else nn.Linear(size, size, bias=False)
+            )
             width = size
         self.act = make_activation(activation, negative_slope)
         self.out = nn.Linear(width, n_outputs)
 
-    def __getstate__(self) -> dict:
-        # torch refuses to pickle parametrized modules (the orthogonal recurrence);
-        # pickle the constructor arguments and the state dict instead.
-        return {
-            "init": self._init_kwargs,
-            "state": self.state_dict(),
-            "training": self.training,
-        }
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state["init"])
-        self.load_state_dict(state["state"])
-        self.train(state["training"])
-
     def forward(self, x: Tensor) -> Tensor:
         valid = ~torch.isnan(x).all(dim=2)
         seq = torch.where(valid[:, :, None], x, 0.0)
-        # The Cayley parametrization is computed once per forward, not once per step.
-        with parametrize.cached():
-            for inputs, recurrent in zip(self.inputs, self.recurrent):
-                drive = inputs(seq)
-                h = drive.new_zeros(drive.shape[0], drive.shape[2])
-                states = []
-                for t in range(drive.shape[1]):
-                    step = valid[:, t, None]
-                    with unit_mask(step):
-                        new = self.act(drive[:, t] + recurrent(h))
-                    h = torch.where(step, new, h)
-                    states.append(h)
-                seq = torch.stack(states, dim=1)
+        for inputs, recurrent in zip(self.inputs, self.recurrent):
+            drive = inputs(seq)
+            # The recurrent matrix (a Cayley map for orthogonal recurrence) is built
+            # once per forward, not once per step.
+            weight = recurrent.weight
+            h = drive.new_zeros(drive.shape[0], drive.shape[2])
+            states = []
+            for t in range(drive.shape[1]):
+                step = valid[:, t, None]
+                with unit_mask(step):
+                    new = self.act(drive[:, t] + h @ weight.T)
+                h = torch.where(step, new, h)
+                states.append(h)
+            seq = torch.stack(states, dim=1)
         return self.out(h)
+
+
+class CayleyLinear(nn.Module):
+    """A bias-free linear map whose matrix is orthogonal: the Cayley map of a skew matrix.
+
+    ``weight = (I + A)^-1 (I - A)`` with ``A = U - U^T`` for ``U`` the strict upper
+    triangle of the learned matrix, so ``weight`` stays orthogonal during training. Written out rather than with
+    ``torch.nn.utils.parametrizations.orthogonal`` because torch refuses to pickle
+    parametrized modules, and estimators must pickle.
+
+    Parameters
+    ----------
+    size : int
+        Input and output dimension.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.skew = nn.Parameter(torch.empty(size, size))
+        # Small skew part: the map starts near the identity, a stable recurrence.
+        nn.init.normal_(self.skew, std=0.1 / size**0.5)
+
+    @property
+    def weight(self) -> Tensor:
+        """The orthogonal matrix."""
+        upper = self.skew.triu(1)
+        skew = upper - upper.T
+        eye = torch.eye(len(skew), dtype=skew.dtype, device=skew.device)
+        return torch.linalg.solve(eye + skew, eye - skew)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.weight.T

@@ -1,0 +1,363 @@
+"""Property-based tests of the certificates on random networks and adversarial inputs.
+
+Random architectures (Linear/ReLU/LeakyReLU chains, which take the fast float32 path,
+and user modules with residual links, which take the general path), random and
+rescaled weights, and inputs placed next to region boundaries (one or two units'
+pre-activations made tiny, the way float32 rounding flips a unit). Two properties:
+
+(a) a float32 margin or robust radius never exceeds the float64 one, and lies within
+    the documented factor ``(1 - FLOAT32_RTOL) / (1 + FLOAT32_RTOL)`` below it;
+(b) in float64, points inside the certified l2 / l1 / linf balls (random ones,
+    every unit's worst-case direction, l1 vertices, linf corners) keep the activation
+    pattern, and inside the robust radius the prediction.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, target
+from hypothesis import strategies as st
+from torch import nn
+
+from sklearn_roll.linearize import float64_copy, linear_chain, linearize, record
+from sklearn_roll.regions import FLOAT32_RTOL, lp_margin, module_margin, norm_reducer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+P_VALUES = (1, 2, np.inf)
+SLOPES = st.one_of(st.sampled_from([0.0, 0.0, 0.01, 0.1, 0.5, 1.0]), st.floats(0.0, 1.0))
+# Inside the ball: far enough from its surface that float64 rounding of the
+# pattern at the sampled points cannot blur the comparison.
+INSIDE = 1 - 1e-6
+# Balls this small relative to |x| are below what float64 can place points in
+# (x + step rounds the step by 1e-16 |x|) or evaluate the pattern at.
+RESOLVABLE = 1e-8
+TOLERANCE = (1 - FLOAT32_RTOL) / (1 + FLOAT32_RTOL) * (1 - 1e-9)
+
+
+def _activation(slope):
+    return nn.ReLU() if slope == 0 else nn.LeakyReLU(slope)
+
+
+class Residual(nn.Module):
+    """A user module with optional skip connections: not a chain, so the general path."""
+
+    def __init__(self, n_features, width, slopes, skips, n_outputs):
+        super().__init__()
+        self.inp = nn.Linear(n_features, width)
+        self.act = _activation(slopes[0])
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in slopes[1:])
+        self.acts = nn.ModuleList(_activation(s) for s in slopes[1:])
+        self.skips = skips
+        self.out = nn.Linear(width, n_outputs)
+
+    def forward(self, x):
+        h = self.act(self.inp(x))
+        for linear, act, skip in zip(self.hidden, self.acts, self.skips):
+            a = act(linear(h))
+            h = a + h if skip else a
+        return self.out(h)
+
+
+@st.composite
+def networks(draw, max_exponent=3.0):
+    """A random network in eval mode, with each layer's weights rescaled."""
+    n_features = draw(st.integers(1, 8))
+    n_outputs = draw(st.integers(1, 4))
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    # Mostly chains: only they compute in float32, so only they can disagree.
+    if draw(st.sampled_from([True, True, True, False])):
+        widths = [draw(st.integers(1, 8)) for _ in range(draw(st.integers(0, 3)))]
+        layers, width = [], n_features
+        for size in widths:
+            layers += [nn.Linear(width, size), _activation(draw(SLOPES))]
+            width = size
+        module = nn.Sequential(*layers, nn.Linear(width, n_outputs))
+        assert linear_chain(module) is not None
+    else:
+        depth = draw(st.integers(1, 3))
+        slopes = draw(st.lists(SLOPES, min_size=depth, max_size=depth))
+        skips = draw(st.lists(st.booleans(), min_size=depth - 1, max_size=depth - 1))
+        module = Residual(n_features, draw(st.integers(1, 8)), slopes, skips, n_outputs)
+    exponents = st.floats(-max_exponent, max_exponent)
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                scale = 10.0 ** draw(exponents)
+                layer.weight.mul_(scale)
+                layer.bias.mul_(scale)
+    return module.eval()
+
+
+def _unit_rows(module, x):
+    """Layer index, pre-activation and gradient of every unit at each point, in float64."""
+    with torch.no_grad():
+        lin = linearize(module, torch.from_numpy(x), "basis")
+    layer = np.concatenate([np.full(z.shape[1], i) for i, z in enumerate(lin.pre)])
+    z = torch.cat(lin.pre, dim=1).detach().numpy()
+    g = torch.cat(lin.pre_tangents, dim=1).detach().numpy()
+    return layer, z, g
+
+
+def _near_boundaries(module, x, rng, offsets):
+    """Move each point so that a few units sit at ``offset`` times its scale from zero.
+
+    Newton steps on the linearized equations z_u(x + step) = target (a step may cross
+    into another region, so it is repeated there). With two offsets the units come
+    from two layers, the lower one further from its hyperplane: the case where
+    float32 rounding flips the lower unit, which changes the gradient of the upper
+    one, whose ratio is the margin.
+    """
+    exact = float64_copy(module)
+    if not record(exact, torch.from_numpy(x[:1])).pre:
+        return x
+    layer, _, g = _unit_rows(exact, x)
+    chosen = []
+    for i in range(len(x)):
+        live = np.flatnonzero(np.linalg.norm(g[i], axis=1) > 0)
+        layers = np.unique(layer[live])
+        if len(offsets) > 1 and len(layers) > 1:
+            low, high = np.sort(rng.choice(layers, 2, replace=False))
+            units = [rng.choice(live[layer[live] == low]), rng.choice(live[layer[live] == high])]
+        else:
+            units = rng.choice(live, size=min(len(offsets), len(live)), replace=False)
+        chosen.append((units, rng.choice([-1.0, 1.0], len(units))))
+    moved = x.copy()
+    for _ in range(4):
+        _, z, g = _unit_rows(exact, moved)
+        for i, (units, signs) in enumerate(chosen):
+            rows = g[i, units]
+            if len(units) and np.all(np.linalg.norm(rows, axis=1) > 0):
+                scale = 1 + np.linalg.norm(moved[i])
+                goal = signs * offsets[: len(units)] * np.linalg.norm(rows, axis=1) * scale
+                moved[i] += np.linalg.lstsq(rows, goal - z[i, units], rcond=None)[0]
+    return moved
+
+
+@st.composite
+def inputs(draw, module, min_offset):
+    """A few points, random or next to one or two units' region boundaries."""
+    n_features = next(module.parameters()).shape[1]
+    rng = np.random.RandomState(draw(st.integers(0, 2**16)))
+    n = draw(st.integers(1, 8))
+    x = rng.randn(n, n_features) * 10.0 ** draw(st.floats(-1.0, 1.0))
+    n_units = draw(st.sampled_from([0, 1, 2, 2, 2]))
+    if n_units:
+        # Offsets of 1e-9..1e-7 are where float32 rounding of z flips a unit's sign.
+        exponent = st.one_of(st.floats(-9.0, -7.0), st.floats(min_offset, -2.0))
+        exponents = draw(st.lists(exponent, min_size=n_units, max_size=n_units))
+        x = _near_boundaries(module, x, rng, 10.0 ** np.sort(exponents)[::-1])
+    return x
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_float32_never_exceeds_float64(data):
+    module = data.draw(networks())
+    x = data.draw(inputs(module, min_offset=-15.0))
+    n_outputs = module(torch.zeros(1, x.shape[1])).shape[1]
+    results = [
+        (
+            p,
+            decision,
+            *[
+                module_margin(module, x, p, precision=precision, decision=decision)
+                for precision in ("float32", "float64")
+            ],
+        )
+        for p in P_VALUES
+        for decision in ((False, True) if n_outputs > 1 else (False,))
+    ]
+    ratios = [
+        m32[(m64 > 0) & np.isfinite(m64)] / m64[(m64 > 0) & np.isfinite(m64)]
+        for *_, m32, m64 in results
+    ]
+    ratios = np.concatenate(ratios)
+    if len(ratios):
+        # Steer the search towards over-claims, and towards the largest shortfall.
+        target(float(ratios.max()), label="largest float32 / float64 (must stay <= 1)")
+        target(float(1 - ratios.min()), label="largest relative shortfall below float64")
+    for p, decision, m32, m64 in results:
+        assert not np.isnan(m32).any() and not np.isnan(m64).any()
+        assert np.array_equal(np.isinf(m32), np.isinf(m64)), (p, decision, m32, m64)
+        assert np.all(m32 <= m64), (p, decision, m32, m64)
+        finite = np.isfinite(m64) & (m64 > 0)
+        assert np.all(m32[finite] >= TOLERANCE * m64[finite]), (p, decision, m32, m64)
+        assert np.all(m32[m64 == 0] == 0)
+
+
+def _ball_steps(p, d, z, g, rng):
+    """Unit-radius steps inside an l_p ball: random ones, and each unit's worst case."""
+    live = np.linalg.norm(g, axis=1) > 0
+    toward = -np.sign(z)[live, None] * g[live]
+    if p == 2:
+        u = rng.randn(60, d)
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        worst = toward / np.linalg.norm(toward, axis=1, keepdims=True)
+        return np.concatenate([u, u * rng.uniform(0, 1, (60, 1)), worst])
+    if p == 1:
+        vertices = np.concatenate([np.eye(d), -np.eye(d)])
+        w = rng.exponential(size=(60, d)) * rng.choice([-1, 1], size=(60, d))
+        return np.concatenate([vertices, w / np.abs(w).sum(axis=1, keepdims=True)])
+    corners = rng.choice([-1.0, 1.0], size=(60, d))
+    return np.concatenate([corners, np.sign(toward), rng.uniform(-1, 1, (60, d))])
+
+
+def _pattern(module, points):
+    with torch.no_grad():
+        lin = record(module, torch.from_numpy(points))
+    if not lin.pre:
+        return np.zeros((len(points), 0), dtype=bool), lin.output.numpy()
+    return torch.cat(lin.pre, dim=1).numpy() > 0, lin.output.numpy()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_float64_balls_keep_the_pattern_and_the_prediction(data):
+    module = data.draw(networks())
+    x = data.draw(inputs(module, min_offset=-7.0))
+    exact = float64_copy(module)
+    rng = np.random.RandomState(data.draw(st.integers(0, 2**16)))
+    with torch.no_grad():
+        lin = linearize(exact, torch.from_numpy(x), "basis")
+    n_features = x.shape[1]
+    if lin.pre:
+        z = torch.cat(lin.pre, dim=1).detach().numpy()
+        g = torch.cat(lin.pre_tangents, dim=1).detach().numpy()
+    else:
+        z, g = np.zeros((len(x), 0)), np.zeros((len(x), 0, n_features))
+    out_grad = lin.output_tangents.detach().numpy()
+    base, logits = _pattern(exact, x)
+    predicted = logits.argmax(axis=1)
+    for p in P_VALUES:
+        margin = module_margin(module, x, p, precision="float64")
+        radius = module_margin(module, x, p, precision="float64", decision=True)
+        owner, points, owner_tie, tie_points = [], [], [], []
+        scale = RESOLVABLE * (1 + np.linalg.norm(x, axis=1))
+        for i in np.flatnonzero((margin > scale) & (margin < np.inf)):
+            steps = _ball_steps(p, n_features, z[i], g[i], rng)
+            owner += [i] * len(steps)
+            points.append(x[i] + steps * margin[i] * INSIDE)
+            if out_grad.shape[1] > 1 and scale[i] < radius[i] < np.inf:
+                # The worst case for each class: straight towards the tie.
+                ties = out_grad[i, predicted[i]] - out_grad[i]
+                ties = ties[np.linalg.norm(ties, axis=1) > 0]
+                if p == 2:
+                    ties = -ties / np.linalg.norm(ties, axis=1, keepdims=True)
+                elif p == np.inf:
+                    ties = -np.sign(ties)
+                else:
+                    ties = np.zeros((0, n_features))
+                steps = np.concatenate([steps, ties])
+                owner_tie += [i] * len(steps)
+                tie_points.append(x[i] + steps * radius[i] * INSIDE)
+        if points:
+            inside, _ = _pattern(exact, np.concatenate(points))
+            assert (inside == base[owner]).all(), (p, margin)
+        if tie_points:
+            _, moved = _pattern(exact, np.concatenate(tie_points))
+            assert (moved.argmax(axis=1) == predicted[owner_tie]).all(), (p, radius)
+
+
+def test_float32_cancellation_is_caught_by_the_rounding_bound():
+    """A unit whose gradient cancels in float32: its float32 norm is 0, the true one is not.
+
+    Layer-2 unit v sums units a + b - c with w_c = fl32(w_a + w_b), so its exact
+    gradient is the rounding residual (~1e-8) while float32 computes 0. A point just
+    off v's boundary has a margin of 1e-7, which plain float32 norms would miss
+    (the next unit is ~0.65 away); the rounding bound sends v to float64.
+    """
+    module = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 2))
+    wa, wb = torch.tensor([0.7071234, 0.3123457]), torch.tensor([0.1234567, 0.9876543])
+    first = torch.stack([wa, wb, (wa.double() + wb.double()).float(), torch.tensor([0.5, -0.25])])
+    with torch.no_grad():
+        module[0].weight.copy_(first)
+        module[0].bias.fill_(1.0)
+        module[2].weight.copy_(torch.tensor([[1.0, 1.0, -1.0, 0.0], [0.3, 0.2, 0.1, 0.5]]))
+        module[2].bias.copy_(torch.tensor([-1.0, 0.5]))
+    module.eval()
+    residual = (first[0].double() + first[1].double() - first[2].double()).numpy()
+    assert np.linalg.norm(residual) > 0
+    x0 = np.array([0.05, -0.03])
+    unit = residual / np.linalg.norm(residual)
+    x = (x0 - (unit @ x0) * unit + 1e-7 * unit)[None]
+    with torch.no_grad():
+        float32_rows = linearize(module, torch.from_numpy(x).float(), "basis").pre_tangents[1]
+    assert float32_rows[0, 0].abs().max() == 0, "the float32 Jacobian must lose the residual"
+    for p in P_VALUES:
+        m64 = module_margin(module, x, p, precision="float64")
+        m32 = module_margin(module, x, p, precision="float32")
+        assert m64[0] < 1e-6
+        assert TOLERANCE * m64[0] <= m32[0] <= m64[0]
+
+
+def test_float32_flip_of_a_lower_unit_does_not_leak_into_the_margin():
+    """A first-layer unit 5e-9 from zero, which float32 rounding switches off.
+
+    The margin is set by a second-layer unit 1e-12 from its boundary, whose gradient
+    depends on the first unit's state; with the float32 pattern it would be
+    over-claimed by a factor ~2.8 (the bug this guards against).
+    """
+    torch.manual_seed(14)
+    module = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    module.eval()
+    exact = float64_copy(module)
+    x = np.linspace(-1, 1, 4)[None]
+    for _ in range(4):
+        _, z, g = _unit_rows(exact, x)
+        units = [0, 6]
+        x = x + np.linalg.lstsq(g[0, units], [5e-9, 1e-12] - z[0, units], rcond=None)[0]
+    x64 = torch.from_numpy(x)
+    pre64 = record(exact, x64).pre
+    assert ((pre64[0] > 0) != (record(module, x64.float()).pre[0] > 0)).any()
+    m64 = module_margin(module, x, 2, precision="float64")
+    with torch.no_grad():
+        unfrozen = lp_margin(linearize(module, x64.float(), "l2", norm_reducer(2)), pre64)
+    assert unfrozen[0] > 2 * m64[0]
+    for p in P_VALUES:
+        m64 = module_margin(module, x, p, precision="float64")
+        m32 = module_margin(module, x, p, precision="float32")
+        assert TOLERANCE * m64[0] <= m32[0] <= m64[0]
+
+
+@pytest.mark.parametrize("chain", [True, False], ids=["chain", "general"])
+def test_frozen_patterns_reproduce_the_float64_region(chain):
+    """linearize(..., patterns=) follows the given pattern, not the float32 signs at x."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(3, 5), nn.LeakyReLU(0.2), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)]
+    module = nn.Sequential(*layers).eval()
+    if not chain:
+        module = Residual(3, 5, [0.2, 0.0], [True], 2).eval()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    flipped = [~(z > 0) for z in record(float64_copy(module), x).pre]
+    with torch.no_grad():
+        frozen = linearize(module, x.float(), "basis", patterns=flipped)
+        reference = linearize(_with_pattern(module, flipped), x.float(), "basis")
+    for got, expected in zip(frozen.pre_tangents, reference.pre_tangents):
+        torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(frozen.output_tangents, reference.output_tangents)
+
+
+def _with_pattern(module, patterns):
+    """The module with each activation replaced by multiplication with fixed slopes."""
+
+    class Fixed(nn.Module):
+        def __init__(self, on, slope):
+            super().__init__()
+            self.scale = torch.where(on, 1.0, slope).float()
+
+        def forward(self, z):
+            return z * self.scale
+
+    fixed = copy.deepcopy(module)
+    index = 0
+    for parent in fixed.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, (nn.ReLU, nn.LeakyReLU)):
+                slope = getattr(child, "negative_slope", 0.0)
+                setattr(parent, name, Fixed(patterns[index], slope))
+                index += 1
+    assert index == len(patterns)
+    return fixed
