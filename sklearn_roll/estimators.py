@@ -47,6 +47,66 @@ class _ROLLMixin:
     initialized_ = False
     virtual_params_ = types.MappingProxyType({})
 
+    def __init__(
+        self,
+        module="mlp",
+        *,
+        hidden_layer_sizes=None,
+        activation="relu",
+        negative_slope=0.01,
+        lam=1.0,
+        C=1.0,
+        gamma=100.0,
+        approx=None,
+        approx_method="projections",
+        input_shape=None,
+        random_state=None,
+        n_threads=None,
+        criterion=None,
+        optimizer=torch.optim.Adam,
+        lr=1e-3,
+        max_epochs=50,
+        batch_size=64,
+        train_split=None,
+        verbose=0,
+        **kwargs,
+    ):
+        super().__init__(
+            module,
+            criterion=criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            verbose=verbose,
+            **kwargs,
+        )
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.negative_slope = negative_slope
+        self.lam = lam
+        self.C = C
+        self.gamma = gamma
+        self.approx = approx
+        self.approx_method = approx_method
+        self.input_shape = input_shape
+        self.random_state = random_state
+        self.n_threads = n_threads
+        self._drop_skorch_init_state()
+
+    def _check_y_given(self, y: Any) -> None:
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+
+    def initialize_criterion(self):
+        """Build the loss: ``criterion``, or the estimator's default when it is None."""
+        criterion = self._default_criterion if self.criterion is None else self.criterion
+        self.criterion_ = self.initialized_instance(criterion, self.get_params_for("criterion"))
+        return self
+
     def _drop_skorch_init_state(self) -> None:
         for name, default in (("history_", None), ("initialized_", False), ("virtual_params_", {})):
             if vars(self).get(name, default) == default:
@@ -394,6 +454,9 @@ _COMMON_DOC = """
         torch threads during fit, predict and the scorers of
         :mod:`sklearn_roll.metrics`; None leaves torch's setting alone. Set it to 1
         when folds run in parallel (joblib, dask or Ray workers).
+    criterion : torch loss class or None, default=None
+        The task loss, given logits; None takes ``CrossEntropyLoss`` for the
+        classifier and ``MSELoss`` for the regressor. The ROLL penalty is added to it.
     optimizer : torch optimizer class, default=torch.optim.Adam
     lr : float, default=1e-3
     max_epochs : int, default=50
@@ -485,61 +548,12 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
     """
     )
 
-    def __init__(
-        self,
-        module="mlp",
-        *,
-        hidden_layer_sizes=None,
-        activation="relu",
-        negative_slope=0.01,
-        lam=1.0,
-        C=1.0,
-        gamma=100.0,
-        approx=None,
-        approx_method="projections",
-        input_shape=None,
-        random_state=None,
-        n_threads=None,
-        criterion=torch.nn.CrossEntropyLoss,
-        optimizer=torch.optim.Adam,
-        lr=1e-3,
-        max_epochs=50,
-        batch_size=64,
-        train_split=None,
-        verbose=0,
-        **kwargs,
-    ):
-        super().__init__(
-            module,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_split=train_split,
-            verbose=verbose,
-            **kwargs,
-        )
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.negative_slope = negative_slope
-        self.lam = lam
-        self.C = C
-        self.gamma = gamma
-        self.approx = approx
-        self.approx_method = approx_method
-        self.input_shape = input_shape
-        self.random_state = random_state
-        self.n_threads = n_threads
-        self._drop_skorch_init_state()
+    _default_criterion = torch.nn.CrossEntropyLoss
 
     def _fit_data(self, X, y, reset, classes=None):
         x, _ = check_input(self, X, reset=reset)
         x = self._float32(x, "X")
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None."
-            )
+        self._check_y_given(y)
         y = column_or_1d(y, warn=True)
         check_consistent_length(x, y)
         check_classification_targets(y)
@@ -637,61 +651,12 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
     """
     )
 
-    def __init__(
-        self,
-        module="mlp",
-        *,
-        hidden_layer_sizes=None,
-        activation="relu",
-        negative_slope=0.01,
-        lam=1.0,
-        C=1.0,
-        gamma=100.0,
-        approx=None,
-        approx_method="projections",
-        input_shape=None,
-        random_state=None,
-        n_threads=None,
-        criterion=torch.nn.MSELoss,
-        optimizer=torch.optim.Adam,
-        lr=1e-3,
-        max_epochs=50,
-        batch_size=64,
-        train_split=None,
-        verbose=0,
-        **kwargs,
-    ):
-        super().__init__(
-            module,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_split=train_split,
-            verbose=verbose,
-            **kwargs,
-        )
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.negative_slope = negative_slope
-        self.lam = lam
-        self.C = C
-        self.gamma = gamma
-        self.approx = approx
-        self.approx_method = approx_method
-        self.input_shape = input_shape
-        self.random_state = random_state
-        self.n_threads = n_threads
-        self._drop_skorch_init_state()
+    _default_criterion = torch.nn.MSELoss
 
     def _fit_data(self, X, y, reset, classes=None):
         x, _ = check_input(self, X, reset=reset)
         x = self._float32(x, "X")
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None."
-            )
+        self._check_y_given(y)
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         check_consistent_length(x, y)
         if y.ndim > 2:
