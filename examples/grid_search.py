@@ -9,6 +9,8 @@ the certificate.
     python examples/grid_search.py
 """
 
+import os
+
 import numpy as np
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import GridSearchCV, train_test_split
@@ -19,11 +21,14 @@ from sklearn_roll import ROLLClassifier, certified_margin
 from sklearn_roll.metrics import margin_scorer
 from sklearn_roll.model_selection import best_margin_within, tradeoff_table
 
+# The test suite runs every example on a tiny budget through this variable.
+EPOCHS = int(os.environ.get("ROLL_EXAMPLE_EPOCHS", 30))
+
 X, y = load_breast_cancer(return_X_y=True)
 X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
 
 search = GridSearchCV(
-    make_pipeline(StandardScaler(), ROLLClassifier(max_epochs=30, random_state=0, n_threads=1)),
+    make_pipeline(StandardScaler(), ROLLClassifier(max_epochs=EPOCHS, random_state=0, n_threads=1)),
     [
         {"rollclassifier__lam": [0.0]},  # plain training, the baseline
         {"rollclassifier__lam": [0.5, 2.0], "rollclassifier__C": [0.25, 1.0, 4.0]},
@@ -37,7 +42,9 @@ search.fit(X_train, y_train)
 tradeoff_table(search, print_table=True)
 
 best = search.best_estimator_
-vanilla = make_pipeline(StandardScaler(), ROLLClassifier(lam=0.0, max_epochs=30, random_state=0))
+vanilla = make_pipeline(
+    StandardScaler(), ROLLClassifier(lam=0.0, max_epochs=EPOCHS, random_state=0)
+)
 vanilla.fit(X_train, y_train)
 print(f"\nchosen: {search.best_params_}")
 for name, model in (("vanilla", vanilla), ("chosen", best)):
