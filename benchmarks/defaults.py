@@ -19,7 +19,7 @@ from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wi
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from _common import markdown_table, write
+from _common import budget, markdown_table, write
 from sklearn_roll import ROLLClassifier
 
 DATASETS = {
@@ -45,7 +45,7 @@ def main(quick: bool) -> None:
     grid = (
         [(1.0, 1.0)] if quick else [(lam, C) for lam in (0.25, 1.0, 4.0) for C in (0.25, 1.0, 4.0)]
     )
-    max_epochs = 5 if quick else 50
+    max_epochs = budget(quick, 50, 5, 1)
     results = {}
     for name in datasets:
         X, y = DATASETS[name](return_X_y=True)

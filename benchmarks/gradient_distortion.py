@@ -7,11 +7,13 @@ with the pixel domain [0, 1], and its maximum found by a genetic algorithm (the
 Hessian is zero or undefined, so the search is black-box, as in the paper), as
 percentiles over test points; gradients are with respect to [0, 1] pixels.
 
-A small ResNet (the library's ``module="cnn"``) is trained on MNIST images with
-plain training and with the approximate ROLL loss, which is what keeps a
-convolutional network affordable on a CPU. ROLL's lam is selected on a validation
-split: the largest validation median l2 margin at validation accuracy within 0.5
-points of plain training's.
+A small ResNet (the library's ``module="cnn"`` with 8 and 16 channels) is trained
+on MNIST images with plain training and with the approximate ROLL loss, which is
+what keeps a convolutional network affordable on a CPU. ROLL's lam is selected on a
+validation split: the largest validation median l2 margin (on the first 100
+validation images, as the ResNet's certificates cost about half a second per image
+here) at validation accuracy within 0.5 points of plain training's. When no
+candidate qualifies, the most accurate one is reported and marked so.
 
     python benchmarks/gradient_distortion.py            # full run
     python benchmarks/gradient_distortion.py --quick    # tiny run
@@ -24,7 +26,7 @@ import time
 
 import numpy as np
 
-from _common import fit_grid, markdown_table, percentiles, select, write
+from _common import budget, fit_grid, markdown_table, percentiles, select, write
 from sklearn_roll import ROLLClassifier
 from sklearn_roll.datasets import load_mnist
 from sklearn_roll.regions import explain
@@ -94,25 +96,26 @@ def genetic_maximum(model, x, label, rng, population, generations):
 
 def main(quick: bool) -> None:
     wall = time.perf_counter()
-    sizes = (1000, 300, 20) if quick else (12000, 2000, 200)
+    sizes = budget(quick, (8000, 1000, 100), (1000, 200, 10), (200, 20, 2))
     Xtr, ytr, Xva, yva, Xte, yte = images(*sizes)
-    epochs = 1 if quick else 8
-    lams = [0.1] if quick else [0.03, 0.1, 0.3, 1.0]
+    epochs = budget(quick, 10, 2, 1)
+    lams = [0.1] if quick else [0.03, 0.1, 0.3]
 
     def make(lam, C):
         return ROLLClassifier(
             "cnn",
-            hidden_layer_sizes=(16, 32),
+            hidden_layer_sizes=(8, 16),
             lam=lam,
             C=C,
             approx=8,
             approx_method="projections",
+            lr=1e-2,
             max_epochs=epochs,
             random_state=SEED,
         )
 
     candidates = fit_grid(
-        "distortion_quick" if quick else "distortion",
+        "distortion_8_16" + ("_quick" if quick else ""),
         [(0.0, 0.0)] + [(lam, 1.0) for lam in lams],
         make,
         standardise(Xtr),
@@ -120,15 +123,18 @@ def main(quick: bool) -> None:
         standardise(Xva),
         yva,
         scale=STD,
+        n_margin=budget(quick, 100, 100, 10),
     )
     vanilla = candidates[0]
     roll = select(candidates[1:], vanilla, 0.005)
+    roll_name = "ROLL (lam={lam:g}, C=1)"
     if roll is None:
-        raise SystemExit("no ROLL candidate kept validation accuracy within 0.5 points")
+        roll = max(candidates[1:], key=lambda c: c["valid_accuracy"])
+        roll_name += ", no candidate within 0.5 points: the most accurate"
     rng = np.random.RandomState(SEED)
-    samples, population, generations = (20, 8, 3) if quick else (100, 24, 20)
+    samples, population, generations = budget(quick, (100, 24, 20), (20, 8, 3), (4, 4, 2))
     rows, out = [], {"eps": EPS, "epochs": epochs, "seed": SEED}
-    for name, c in (("vanilla", vanilla), (f"ROLL (lam={roll['lam']:g}, C=1)", roll)):
+    for name, c in (("vanilla", vanilla), (roll_name.format(lam=roll["lam"]), roll)):
         model = c["model"]
         expected, maximum = [], []
         for x, label in zip(Xte, yte):
@@ -150,17 +156,17 @@ def main(quick: bool) -> None:
                 name,
                 f"{acc:.3f}",
                 " / ".join(
-                    f"{out[name]['expected'][q]:.1f}" for q in ("P25", "P50", "P75", "P100")
+                    f"{out[name]['expected'][q]:.3g}" for q in ("P25", "P50", "P75", "P100")
                 ),
-                " / ".join(f"{out[name]['maximum'][q]:.1f}" for q in ("P25", "P50", "P75", "P100")),
+                " / ".join(f"{out[name]['maximum'][q]:.3g}" for q in ("P25", "P50", "P75", "P100")),
                 f"{out[name]['median_l2_margin_pixels']:.2e}",
             ]
         )
     out["wall_seconds"] = time.perf_counter() - wall
     text = (
-        "# Gradient distortion (the paper's Table 3 measures) on MNIST, small ResNet\n\n"
+        "# Gradient distortion (the paper's Table 3 measures) on MNIST, ResNet (8, 16)\n\n"
         f"{sizes[0]} training / {sizes[1]} validation images, {epochs} epochs of Adam "
-        f"(lr 1e-3, batch 64); ROLL with the approximate loss (8 projections per example, "
+        f"(lr 1e-2, batch 64); ROLL with the approximate loss (8 projections per example, "
         f"gamma = 100, C = 1), lam selected on validation among {lams}. Distortion "
         f"Delta = ||grad f_y(x') - grad f_y(x)||_1 in [0, 1] pixel units on {sizes[2]} test "
         f"images, x' in the l_inf ball of radius {EPS:.4f} (8/256) within [0, 1]: expectation "

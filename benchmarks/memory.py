@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import markdown_table, write
+from _common import budget, markdown_table, write
 
 SEED = 0
 CALLS = ("certified_margin", "explain")
@@ -101,7 +101,7 @@ def run_child(call: str, n: int) -> dict:
 
 def main(quick: bool) -> None:
     wall = time.perf_counter()
-    sizes = (2_000, 4_000) if quick else (10_000, 100_000)
+    sizes = budget(quick, (10_000, 100_000), (2_000, 4_000), (200, 400))
     rows, results = [], []
     for call in CALLS:
         for n in sizes:

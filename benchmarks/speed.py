@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import jacfwd, vmap
 
-from _common import gemm_gflops, markdown_table, write
+from _common import budget, gemm_gflops, markdown_table, write
 from sklearn_roll import ROLLClassifier
 from sklearn_roll.linearize import float64_copy, linear_chain
 from sklearn_roll.regions import FLOAT32_RTOL, certified_margin
@@ -96,7 +96,7 @@ def timed(fn, repeats):
 
 
 def architectures(quick: bool, rng):
-    n_mlp, n_rnn, n_cnn, steps = (32, 8, 2, 10) if quick else (256, 64, 16, 29)
+    n_mlp, n_rnn, n_cnn, steps = budget(quick, (256, 64, 16, 29), (32, 8, 2, 10), (4, 2, 1, 4))
     X = rng.rand(512, 784).astype(np.float32)
     y = rng.randint(0, 10, 512)
     mlp = ROLLClassifier(hidden_layer_sizes=(300,) * 4, lam=0.0, max_epochs=1, random_state=SEED)

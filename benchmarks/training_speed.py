@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from _common import markdown_table, write
+from _common import budget, markdown_table, write
 from sklearn_roll import ROLLClassifier
 from sklearn_roll.datasets import load_mnist
 
@@ -109,7 +109,7 @@ def run(name, data, module_kwargs, max_epochs, lam, C):
 
 def main(quick: bool) -> None:
     wall = time.perf_counter()
-    n_train, n_test, epochs = (500, 200, 1) if quick else (10000, 2000, 5)
+    n_train, n_test, epochs = budget(quick, (10000, 2000, 5), (500, 200, 1), (64, 32, 1))
     header = [
         "setting",
         "epoch (s)",
@@ -126,7 +126,7 @@ def main(quick: bool) -> None:
     digits = digits_images()
     cnn_epochs = 1 if quick else 20
     if quick:
-        digits = tuple(a[:200] for a in digits)
+        digits = tuple(a[: budget(quick, None, 200, 32)] for a in digits)
     cnn_rows, data["resnet_digits"] = run(
         "resnet",
         digits,
