@@ -174,6 +174,34 @@ def evaluate(chosen: dict[str, dict | None], X_test, y_test, scale: float = 1.0)
     return table
 
 
+def write_selection(
+    name: str,
+    setup: str,
+    grid: list[tuple[float, float]],
+    table: dict,
+    paper: dict[str, tuple[float, float]],
+    candidates: list[dict],
+    data: dict,
+    quick: bool,
+    started: float,
+) -> None:
+    """Write a paper-table benchmark: its setup, the grid, the selected models beside
+    the paper's figures and every candidate's validation scores; ``started`` is the
+    run's ``time.perf_counter()`` at its start."""
+    lams, Cs = sorted({g[0] for g in grid}), sorted({g[1] for g in grid})
+    text = f"{setup.rstrip()} Grid: lam x C in {lams} x {Cs}.\n\n" + selection_markdown(
+        table, paper, candidates
+    )
+    data = {
+        **data,
+        "selected": table,
+        "candidates": [{k: v for k, v in c.items() if k != "model"} for c in candidates],
+        "wall_seconds": time.perf_counter() - started,
+    }
+    print(text)
+    print(f"wrote {write(name, text, data, quick)}")
+
+
 def selection_markdown(
     table: dict, paper: dict[str, tuple[float, float]], candidates: list[dict]
 ) -> str:

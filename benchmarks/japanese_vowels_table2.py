@@ -32,7 +32,7 @@ from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 from torch import nn
 
-from _common import budget, choose, evaluate, fit_grid, selection_markdown, write
+from _common import budget, choose, evaluate, fit_grid, write_selection
 from sklearn_roll import ROLLClassifier
 from sklearn_roll.datasets import load_japanese_vowels
 from sklearn_roll.nn import ElmanRNN
@@ -117,25 +117,17 @@ def main(quick: bool, approx: int, method: str) -> None:
     )
     loss = "exact" if not approx else f"approximate ({approx} {method} per sequence)"
     table = evaluate(choose(candidates), X_test, y_test)
-    text = (
+    setup = (
         "# Japanese Vowels, LeakyReLU RNN (the paper's Table 2)\n\n"
         f"{len(Xtr)} training / {len(Xva)} validation / {len(X_test)} test sequences; "
         f"Elman RNN, 64 LeakyReLU units (slope 0.1), orthogonal recurrence, Adam lr 3e-3, "
         f"batch 32, {epochs} epochs, best epoch by validation loss; ROLL with the {loss} loss, "
-        f"gamma = 100, lam x C in {sorted({g[0] for g in grid})} x "
-        f"{sorted({g[1] for g in grid})}. Margins in raw feature units.\n\n"
-        + selection_markdown(table, PAPER, candidates)
+        "gamma = 100, selected on validation. Margins in raw feature units."
     )
-    out = {
-        "seed": SEED,
-        "epochs": epochs,
-        "loss": loss,
-        "selected": table,
-        "candidates": [{k: v for k, v in c.items() if k != "model"} for c in candidates],
-        "wall_seconds": time.perf_counter() - wall,
-    }
-    print(text)
-    print(f"wrote {write('japanese_vowels_table2', text, out, quick)}")
+    facts = {"seed": SEED, "epochs": epochs, "loss": loss}
+    write_selection(
+        "japanese_vowels_table2", setup, grid, table, PAPER, candidates, facts, quick, wall
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 from torch.optim import SGD
 
-from _common import budget, choose, evaluate, fit_grid, selection_markdown, write
+from _common import budget, choose, evaluate, fit_grid, write_selection
 from sklearn_roll import ROLLClassifier
 from sklearn_roll.datasets import load_mnist
 
@@ -96,30 +96,21 @@ def main(quick: bool, approx: int, method: str) -> None:
     )
     table = evaluate(choose(candidates), Xte, yte, scale=STD)
     loss = "exact" if not approx else f"approximate ({approx} {method} per example)"
-    text = (
+    setup = (
         f"# MNIST, 4x300 ReLU MLP (the paper's Table 1)\n\n"
         f"{len(Xtr)} training / {len(Xva)} validation / {len(Xte)} test images, {epochs} "
         f"epochs of SGD (lr 0.01, momentum 0.5, Nesterov, batch 64), best epoch by "
-        f"validation loss; ROLL with the {loss} loss, gamma = 100, selected on validation "
-        f"over lam x C in {sorted({g[0] for g in grid})} x {sorted({g[1] for g in grid})}. "
-        "Margins in [0, 1] pixel units.\n\n" + selection_markdown(table, PAPER, candidates)
+        f"validation loss; ROLL with the {loss} loss, gamma = 100, selected on validation. "
+        "Margins in [0, 1] pixel units."
     )
-    out = {
-        "seed": SEED,
-        "epochs": epochs,
-        "loss": loss,
-        "selected": table,
-        "candidates": [{k: v for k, v in c.items() if k != "model"} for c in candidates],
-        "wall_seconds": time.perf_counter() - wall,
-    }
-    print(text)
-    print(f"wrote {write('mnist_table1', text, out, quick)}")
+    facts = {"seed": SEED, "epochs": epochs, "loss": loss}
+    write_selection("mnist_table1", setup, grid, table, PAPER, candidates, facts, quick, wall)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced run")
     parser.add_argument("--approx", type=int, default=8, help="probes per example; 0 = exact")
-    parser.add_argument("--method", default="projections", choices=["projections", "axes"])
+    parser.add_argument("--method", default="axes", choices=["projections", "axes"])
     args = parser.parse_args()
     main(args.quick, args.approx, args.method)
