@@ -654,12 +654,15 @@ def _live_product(W: Tensor, T: Tensor, on: Tensor) -> Tensor:
 
     ``T`` (units, n, k) is zero at the inactive units of each example (ReLU), so the
     product needs only the active ones: typically a third to a half of the units
-    of a trained network, and as much of the work. Inner products only lose zero
+    of a trained network, and as much of the work (certificates, without autograd). Inner products only lose zero
     terms, so :func:`sklearn_roll.regions.chain_rounding` still bounds the rounding.
     """
     units, n, k = T.shape
     width = int(on.sum(dim=1).max()) if n else 0
-    if width > 0.75 * units:
+    # The gathers pay off for many tangents and no autograd graph (whose backward
+    # through the column gather costs more than the product saves).
+    graph = torch.is_grad_enabled() and (W.requires_grad or T.requires_grad)
+    if graph or k < 64 or width > 0.75 * units:
         return (W @ T.reshape(units, -1)).reshape(W.shape[0], n, k)
     # Active units first in each row; the padding picks inactive units, whose tangents are zero.
     live = torch.argsort(on.to(torch.uint8), dim=1, descending=True, stable=True)[:, :width]
