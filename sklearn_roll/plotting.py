@@ -27,6 +27,21 @@ def _pyplot():
     return plt
 
 
+def _axes(ax: Any, figsize: tuple[float, float]) -> Any:
+    """``ax``, or the axes of a new figure; fails clearly without matplotlib either way."""
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _window(ax: Any, xlim: tuple[float, float], ylim: tuple[float, float]) -> None:
+    """Show exactly the window, with equal scales so that l2 balls look round."""
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
+
+
 def plot_margin_distribution(
     margins: Mapping[str, np.ndarray], *, ax: Any = None, xlabel: str = "certified l2 margin"
 ) -> Any:
@@ -51,9 +66,7 @@ def plot_margin_distribution(
     >>> from sklearn_roll.plotting import plot_margin_distribution
     >>> ax = plot_margin_distribution({"a": np.array([1e-3, 2e-3]), "b": np.array([1e-2, 3e-2])})
     """
-    plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.5))
+    ax = _axes(ax, (5, 3.5))
     for name, values in margins.items():
         values = np.sort(np.asarray(values, dtype=float))
         finite = values[np.isfinite(values) & (values > 0)]
@@ -108,18 +121,14 @@ def plot_linear_regions(
     """
     from .regions import activation_patterns
 
-    plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4, 4))
+    ax = _axes(ax, (4, 4))
     gx, gy, points = _grid(xlim, ylim, resolution)
     patterns = activation_patterns(estimator, points)
     _, region = np.unique(patterns, axis=0, return_inverse=True)
     # Shuffle region ids so that neighbouring regions get unrelated colours.
     colours = np.random.RandomState(0).permutation(region.max() + 1)[region.ravel()] % 20
     ax.pcolormesh(gx, gy, colours.reshape(gx.shape), cmap=cmap, shading="auto", alpha=0.35)
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
-    ax.set_aspect("equal")
+    _window(ax, xlim, ylim)
     return ax
 
 
@@ -151,18 +160,14 @@ def plot_decision_surface(
     -------
     matplotlib Axes
     """
-    plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4, 4))
+    ax = _axes(ax, (4, 4))
     gx, gy, points = _grid(xlim, ylim, resolution)
     if hasattr(estimator, "predict_proba"):
         values = estimator.predict_proba(points)[:, -1]
     else:
         values = estimator.predict(points).reshape(len(points), -1)[:, 0]
     ax.contourf(gx, gy, values.reshape(gx.shape), levels=20, cmap=cmap, alpha=0.6)
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
-    ax.set_aspect("equal")
+    _window(ax, xlim, ylim)
     return ax
 
 
@@ -192,9 +197,7 @@ def plot_certified_balls(
 
     from .regions import certified_margin
 
-    plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4, 4))
+    ax = _axes(ax, (4, 4))
     radii = certified_margin(estimator, X, 2, **kwargs)
     for centre, radius in zip(X, radii):
         if np.isfinite(radius):
@@ -227,9 +230,7 @@ def plot_gradients(
     """
     from .regions import explain
 
-    plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4, 4))
+    ax = _axes(ax, (4, 4))
     grads = explain(estimator, X, target)
     ax.quiver(X[:, 0], X[:, 1], grads[:, 0], grads[:, 1], angles="xy", scale=scale, width=0.004)
     return ax
@@ -266,9 +267,7 @@ def plot_stability_bounds(
     -------
     matplotlib Axes
     """
-    plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.5))
+    ax = _axes(ax, (7, 3.5))
     channels = list(range(sequence.shape[1])) if channels is None else channels
     steps = np.arange(len(sequence))
     limit = np.inf if clip is None else clip
