@@ -307,32 +307,6 @@ def _decision_terms(
     return gap, norm, y, others
 
 
-def decision_distance(lin: Linearization, p: float, output: Tensor, rtol: float = 0.0) -> Tensor:
-    """l_p distance to the nearest tie of the predicted class within the region.
-
-    Inside the linear region the logits are affine, so the tie with class k lies at
-    ``(f_y - f_k) / ||grad f_y - grad f_k||_q``.
-
-    Parameters
-    ----------
-    lin : Linearization
-        With output tangents spanning the input space.
-    p : {1, 2, np.inf}
-        Order of the ball.
-    output : Tensor of shape (n, K)
-        Logits to use (float64 ones for the float32 path).
-    rtol : float
-        Relative enlargement of the gradient norms.
-
-    Returns
-    -------
-    Tensor of shape (n,), float64
-    """
-    gap, norm, _, others = _decision_terms(lin.output_tangents, output, dual_order(p))
-    dist = torch.where((gap <= 0) & others, 0.0, _ratios(gap, _inflate(norm, rtol)))
-    return torch.where(others, dist, math.inf).amin(dim=1)
-
-
 # ------------------------------------------------- float32 with rounding bounds
 
 
