@@ -44,6 +44,7 @@ __all__ = [
     "check_supported",
     "first_output",
     "float64_copy",
+    "frozen_slopes",
     "linear_chain",
     "linearize",
     "record",
@@ -486,7 +487,7 @@ class _Recorder(TorchFunctionMode):
         if self.patterns is None:
             out = func(*args, **kwargs)
         else:
-            s = _frozen(self.patterns[index].reshape(z.shape), slope, z.dtype)
+            s = frozen_slopes(self.patterns[index].reshape(z.shape), slope, z.dtype)
             out = z.mul_(s) if inplace else z * s
         self._mark(out)
         return out
@@ -583,9 +584,35 @@ def linear_chain(module: nn.Module) -> list[tuple[nn.Linear, float | None]] | No
     return [(layer, slope) for layer, slope in chain]
 
 
-def _frozen(on: Tensor, negative_slope: float, dtype: torch.dtype) -> Tensor:
-    """Activation slopes of a pattern: 1 where a unit is on, else the slope below zero."""
-    return torch.where(on, 1.0, negative_slope).to(dtype)
+def frozen_slopes(on: Tensor, negative_slope: float, dtype: torch.dtype) -> Tensor:
+    """Activation slopes of a pattern: 1 where a unit is on, else the slope below zero.
+
+    The slope is converted to ``dtype`` exactly once: with two Python scalars
+    ``torch.where`` returns the default dtype, which would round 0.01 to float32 even
+    when the network computes in float64.
+
+    Parameters
+    ----------
+    on : Tensor of bool
+        The pattern (True: the unit is on).
+    negative_slope : float
+        Slope below zero (0 for ReLU).
+    dtype : torch.dtype
+        The dtype of the result.
+
+    Returns
+    -------
+    Tensor of ``dtype``, shaped like ``on``
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.linearize import frozen_slopes
+    >>> frozen_slopes(torch.tensor([True, False]), 0.01, torch.float64).tolist()
+    [1.0, 0.01]
+    """
+    slope = torch.tensor(negative_slope, dtype=dtype, device=on.device)
+    return torch.where(on, torch.ones((), dtype=dtype, device=on.device), slope)
 
 
 def _chain_linearize(
@@ -626,7 +653,7 @@ def _chain_linearize(
         active = z > 0 if patterns is None else patterns[len(pre)]
         pre.append(z)
         slopes.append(slope)
-        s = _frozen(active, slope, z.dtype)
+        s = frozen_slopes(active, slope, z.dtype)
         if T is not None:
             view = T.permute(1, 0, 2)
             pre_tangents.append(view if reduce is None else reduce(view))
@@ -960,5 +987,5 @@ def chain_vjp(module: nn.Module, patterns: list[Tensor], layer: int, cotangents:
         linear, _ = chain[i]
         v = v @ linear.weight.to(v.dtype)
         if i:
-            v = v * _frozen(patterns[i - 1], chain[i - 1][1], v.dtype)
+            v = v * frozen_slopes(patterns[i - 1], chain[i - 1][1], v.dtype)
     return v

@@ -82,6 +82,7 @@ from .linearize import (
     chain_vjp,
     first_output,
     float64_copy,
+    frozen_slopes,
     linear_chain,
     linearize,
     record,
@@ -378,9 +379,9 @@ def chain_rounding(
         carried = s * (_gamma(fan_in + 2) * norms[i] + errors[i])
         if negative_slopes[i] not in (0.0, 1.0):
             # The product with the rounded slope may underflow.
-            carried = carried + torch.where(norms[i] > 0, _TINY32 * per_row, 0.0)
+            carried = carried + (norms[i] > 0).double() * (_TINY32 * per_row)
         products = (s * norms[i]) @ weight.T
-        underflow = torch.where(products > 0, 2 * fan_in * _TINY32 * per_row, 0.0)
+        underflow = (products > 0).double() * (2 * fan_in * _TINY32 * per_row)
         errors.append(carried @ weight.T + underflow)
     return errors
 
@@ -642,7 +643,7 @@ class _Evaluator:
         first = (
             _gamma(d) * torch.linalg.vector_norm(spread, dim=1)
             + torch.linalg.vector_norm(weight @ (rounded - basis), dim=1)
-            + torch.where(spread.sum(dim=1) > 0, 2 * d * _TINY32 * math.sqrt(width), 0.0)
+            + (spread.sum(dim=1) > 0).double() * (2 * d * _TINY32 * math.sqrt(width))
         )
 
         def tangents(n: int) -> Tensor:
@@ -665,7 +666,7 @@ class _Evaluator:
         patterns = [z > 0 for z in exact.pre]
         lin = linearize(self.work, xb, tangents(n), norm_reducer(p), patterns=patterns)
         slopes = [
-            torch.where(on, 1.0, slope).double()
+            frozen_slopes(on, slope, torch.float64)
             for on, slope in zip(patterns, exact.negative_slopes)
         ]
         norms = [norm.double() for norm in lin.pre_tangents]

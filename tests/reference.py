@@ -1,6 +1,11 @@
-"""Independent reference computations for the tests: per-unit autograd in float64."""
+"""Independent reference computations for the tests: per-unit autograd in float64.
+
+Every function works on a float64 copy of the module it is given.
+"""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -30,10 +35,10 @@ def preactivations(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, li
 
 def unit_gradients(module: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pre-activations (n, U) and their input gradients (n, U, D), one backward per unit."""
-    module = module.double().eval()
+    module = copy.deepcopy(module).double().eval()
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     _, pre = preactivations(module, xt)
-    z = torch.cat(pre, dim=1)
+    z = torch.cat(pre, dim=1) if pre else xt.new_zeros(len(xt), 0)
     n, units = z.shape
     grads = np.zeros((n, units, int(np.prod(x.shape[1:]))))
     for u in range(units):
@@ -44,7 +49,7 @@ def unit_gradients(module: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def output_gradients(module: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Outputs (n, K) and their input gradients (n, K, D) by autograd in float64."""
-    module = module.double().eval()
+    module = copy.deepcopy(module).double().eval()
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     out = module(xt)
     n, k = out.shape
@@ -65,7 +70,7 @@ def margins(z: np.ndarray, grads: np.ndarray, q: float) -> np.ndarray:
 
 def pattern(module: nn.Module, x: np.ndarray) -> np.ndarray:
     """Activation pattern (z > 0) of each row, computed in float64."""
-    module = module.double().eval()
+    module = copy.deepcopy(module).double().eval()
     with torch.no_grad():
         _, pre = preactivations(module, torch.tensor(x, dtype=torch.float64))
     return torch.cat(pre, dim=1).numpy() > 0

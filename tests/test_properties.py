@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 from torch import nn
 
+from reference import margins, output_gradients, unit_gradients
 from sklearn_roll.linearize import float64_copy, linear_chain, linearize, record
 from sklearn_roll.regions import FLOAT32_RTOL, lp_margin, module_margin, norm_reducer
 
@@ -62,7 +63,7 @@ class Residual(nn.Module):
 
 
 @st.composite
-def networks(draw, max_exponent=3.0):
+def networks(draw, max_exponent=3.0, slopes=SLOPES):
     """A random network in eval mode, with each layer's weights rescaled."""
     n_features = draw(st.integers(1, 8))
     n_outputs = draw(st.integers(1, 4))
@@ -72,15 +73,15 @@ def networks(draw, max_exponent=3.0):
         widths = [draw(st.integers(1, 8)) for _ in range(draw(st.integers(0, 3)))]
         layers, width = [], n_features
         for size in widths:
-            layers += [nn.Linear(width, size), _activation(draw(SLOPES))]
+            layers += [nn.Linear(width, size), _activation(draw(slopes))]
             width = size
         module = nn.Sequential(*layers, nn.Linear(width, n_outputs))
         assert linear_chain(module) is not None
     else:
         depth = draw(st.integers(1, 3))
-        slopes = draw(st.lists(SLOPES, min_size=depth, max_size=depth))
+        layer_slopes = draw(st.lists(slopes, min_size=depth, max_size=depth))
         skips = draw(st.lists(st.booleans(), min_size=depth - 1, max_size=depth - 1))
-        module = Residual(n_features, draw(st.integers(1, 8)), slopes, skips, n_outputs)
+        module = Residual(n_features, draw(st.integers(1, 8)), layer_slopes, skips, n_outputs)
     exponents = st.floats(-max_exponent, max_exponent)
     with torch.no_grad():
         for layer in module.modules():
@@ -152,7 +153,11 @@ def inputs(draw, module, min_offset):
     return x
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=3 * settings.default.max_examples,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_float32_never_exceeds_float64(data):
     module = data.draw(networks())
@@ -188,6 +193,42 @@ def test_float32_never_exceeds_float64(data):
         assert np.all(m32[m64 == 0] == 0)
 
 
+# LeakyReLU slopes that float32 cannot hold: float64 certificates must use them exactly.
+LEAKY_SLOPES = st.one_of(
+    st.sampled_from([0.01, 0.1, 0.3]),
+    st.floats(0.001, 0.9).filter(lambda s: float(np.float32(s)) != s),
+)
+
+
+def _reference_certificates(module, x, q):
+    """Margins and robust radii from per-unit autograd in float64 (tests/reference.py)."""
+    z, g = unit_gradients(module, x)
+    margin = margins(z, g, q)
+    out, grads = output_gradients(module, x)
+    radius = margin.copy()
+    for i in range(len(x)):
+        y = out[i].argmax()
+        for k in range(out.shape[1]):
+            norm = np.linalg.norm(grads[i, y] - grads[i, k], ord=q)
+            if k != y and norm > 0:
+                radius[i] = min(radius[i], (out[i, y] - out[i, k]) / norm)
+    return margin, radius
+
+
+@settings(max_examples=settings.default.max_examples, deadline=None)
+@given(data=st.data())
+def test_float64_certificates_of_leaky_networks_equal_per_unit_autograd(data):
+    module = data.draw(networks(max_exponent=1.0, slopes=LEAKY_SLOPES))
+    rng = np.random.RandomState(data.draw(st.integers(0, 2**16)))
+    x = rng.randn(data.draw(st.integers(1, 6)), next(module.parameters()).shape[1])
+    for p, q in ((1, np.inf), (2, 2), (np.inf, 1)):
+        margin, radius = _reference_certificates(module, x, q)
+        got = module_margin(module, x, p, precision="float64")
+        np.testing.assert_allclose(got, margin, rtol=1e-13, err_msg=f"margin, p={p}")
+        got = module_margin(module, x, p, precision="float64", decision=True)
+        np.testing.assert_allclose(got, radius, rtol=1e-13, err_msg=f"radius, p={p}")
+
+
 def _ball_steps(p, d, z, g, rng):
     """Unit-radius steps inside an l_p ball: random ones, and each unit's worst case."""
     live = np.linalg.norm(g, axis=1) > 0
@@ -213,7 +254,11 @@ def _pattern(module, points):
     return torch.cat(lin.pre, dim=1).numpy() > 0, lin.output.numpy()
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=settings.default.max_examples,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_float64_balls_keep_the_pattern_and_the_prediction(data):
     module = data.draw(networks())
