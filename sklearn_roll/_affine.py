@@ -36,9 +36,9 @@ from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor, nn
 
-from .linearize import linear_chain
+from ._chain import linear_chain
 
-__all__ = ["AffineMap", "affine_map", "check_raw_input", "fold", "split_pipeline"]
+__all__ = ["AffineInput", "AffineMap", "affine_map", "check_raw_input", "compose", "fold"]
 
 _FLOAT_DTYPES = [np.float64, np.float32]
 
@@ -199,7 +199,7 @@ def affine_map(step: Any, name: str) -> AffineMap | None:
     if hasattr(step, "roll_affine_map"):
         return _declared(step, name)
     if isinstance(step, Pipeline):
-        return _compose((f"{name}__{inner}", sub) for inner, sub in step.steps)
+        return compose((f"{name}__{inner}", sub) for inner, sub in step.steps)
     if type(step) in (MinMaxScaler, MaxAbsScaler) and getattr(step, "clip", False):
         raise ValueError(
             f"Step '{name}' ({type(step).__name__}) clips its output (clip=True), which is "
@@ -219,7 +219,32 @@ def affine_map(step: Any, name: str) -> AffineMap | None:
     )
 
 
-def _compose(named_steps: Iterable[tuple[str, Any]]) -> AffineMap | None:
+def compose(named_steps: Iterable[tuple[str, Any]]) -> AffineMap | None:
+    """The affine map of a sequence of fitted (name, step) pairs, or None if all are identities.
+
+    Parameters
+    ----------
+    named_steps : iterable of (str, transformer)
+        Fitted steps, applied in order, e.g. ``pipeline.steps[:-1]``.
+
+    Returns
+    -------
+    AffineMap or None
+
+    Raises
+    ------
+    ValueError
+        If a step is not affine, or its input size does not match the steps before it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from sklearn_roll._affine import compose
+    >>> scaler = StandardScaler().fit(np.array([[0.0], [2.0]]))
+    >>> compose([("scale", scaler)]).weight
+    array([1.])
+    """
     total: AffineMap | None = None
     for name, step in named_steps:
         amap = affine_map(step, name)
@@ -232,39 +257,6 @@ def _compose(named_steps: Iterable[tuple[str, Any]]) -> AffineMap | None:
             )
         total = amap if total is None else total.then(amap)
     return total
-
-
-def split_pipeline(pipeline: Pipeline) -> tuple[AffineMap | None, Any]:
-    """The composed affine map of a pipeline's transformers, and its final estimator.
-
-    Parameters
-    ----------
-    pipeline : Pipeline
-        A fitted pipeline whose last step is a ROLL estimator.
-
-    Returns
-    -------
-    amap : AffineMap or None
-        None when every transformer is an identity step.
-    estimator : ROLLClassifier or ROLLRegressor
-
-    Raises
-    ------
-    TypeError
-        If the last step is not a ROLL estimator.
-    ValueError
-        If a transformer is not affine.
-    """
-    *transformers, (name, last) = pipeline.steps
-    if not hasattr(last, "_roll_input"):
-        kind = repr(last) if isinstance(last, str) or last is None else type(last).__name__
-        raise TypeError(
-            f"The last step '{name}' of the pipeline is {kind}, not a sklearn-roll "
-            "estimator; certificates need a Pipeline ending in a fitted ROLLClassifier or "
-            "ROLLRegressor."
-        )
-    check_is_fitted(last)
-    return _compose(transformers), last
 
 
 def _first_transformer(steps: list[tuple[str, Any]]) -> Any:

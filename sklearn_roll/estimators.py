@@ -1,23 +1,22 @@
 """ROLLClassifier and ROLLRegressor: skorch networks trained with the ROLL loss.
 
-The estimators are thin: skorch runs the training loop, :func:`roll_penalty` is added
-to the task loss in ``get_loss``, input checks live in :mod:`._validation` and the
-certificates in :mod:`.regions`.
+The estimators are thin: skorch runs the training loop, :func:`~sklearn_roll.loss.roll_penalty`
+is added to the task loss in ``get_loss``, scikit-learn's estimator contract comes from
+:mod:`._sklearn_compat`, input checks from :mod:`._validation`, and the certificates
+from :mod:`.regions`, which reach the network through ``__sklearn_roll_network__``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import inspect
-import types
-from collections.abc import Iterator
+import weakref
 from numbers import Integral, Real
-from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
-from sklearn.utils import check_random_state, column_or_1d
+from sklearn.base import is_classifier
+from sklearn.utils import column_or_1d
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
@@ -29,23 +28,48 @@ from skorch.utils import is_dataset, to_numpy, to_tensor
 from torch import nn
 
 from . import regions
+from ._adapter import Network
+from ._evaluation import check_parameters, forward
+from ._sklearn_compat import SkorchSklearnMixin
 from ._validation import check_input
-from .linearize import check_supported, first_output, float64_copy
+from .linearize import check_supported, float64_copy
 from .loss import APPROX_METHODS, roll_penalty
 from .nn import MLP, ElmanRNN, ResNet
 from .nn._activation import ACTIVATIONS
 
+__all__ = ["ROLLClassifier", "ROLLRegressor"]
+
 _BUILTIN_MODULES = {"mlp": MLP, "rnn": ElmanRNN, "cnn": ResNet}
 
+# Float64 copies of trained networks for predict, by network, with the parameter
+# versions they were copied at.
+_FLOAT64_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-class _ROLLMixin:
-    """Behaviour shared by the two estimators; comes before skorch's class in the MRO."""
 
-    # skorch's __init__ sets these three; class-level defaults let __init__ drop them,
-    # so that, as scikit-learn requires, __init__ sets parameters only.
-    history_ = None
-    initialized_ = False
-    virtual_params_ = types.MappingProxyType({})
+class _ROLLMixin(SkorchSklearnMixin):
+    """The ROLL part shared by the two estimators; comes before skorch's class in the MRO."""
+
+    _parameter_constraints: dict = {
+        "module": [StrOptions(set(_BUILTIN_MODULES)), type, nn.Module],
+        "hidden_layer_sizes": ["array-like", None],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "negative_slope": [Interval(Real, 0, None, closed="left")],
+        "lam": [Interval(Real, 0, None, closed="left")],
+        "C": [Interval(Real, 0, None, closed="left")],
+        "gamma": [Interval(Real, 0, 100, closed="right")],
+        "approx": [Interval(Integral, 1, None, closed="left"), None],
+        "approx_method": [StrOptions(set(APPROX_METHODS))],
+        "input_shape": ["array-like", None],
+        "random_state": ["random_state"],
+        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
+        "criterion": [type, nn.Module, None],
+        "optimizer": [callable],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1})],
+        "train_split": [callable, None],
+        "verbose": ["verbose"],
+    }
 
     def __init__(
         self,
@@ -95,83 +119,20 @@ class _ROLLMixin:
         self.n_threads = n_threads
         self._drop_skorch_init_state()
 
-    def _check_y_given(self, y: Any) -> None:
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None."
-            )
-
-    def initialize_criterion(self):
-        """Build the loss: ``criterion``, or the estimator's default when it is None."""
-        criterion = self._default_criterion if self.criterion is None else self.criterion
-        self.criterion_ = self.initialized_instance(criterion, self.get_params_for("criterion"))
-        return self
-
-    def _drop_skorch_init_state(self) -> None:
-        for name, default in (("history_", None), ("initialized_", False), ("virtual_params_", {})):
-            if vars(self).get(name, default) == default:
-                vars(self).pop(name, None)
-
-    _parameter_constraints: dict = {
-        "module": [StrOptions({"mlp", "rnn", "cnn"}), type, nn.Module],
-        "hidden_layer_sizes": ["array-like", None],
-        "activation": [StrOptions(set(ACTIVATIONS))],
-        "negative_slope": [Interval(Real, 0, None, closed="left")],
-        "lam": [Interval(Real, 0, None, closed="left")],
-        "C": [Interval(Real, 0, None, closed="left")],
-        "gamma": [Interval(Real, 0, 100, closed="right")],
-        "approx": [Interval(Integral, 1, None, closed="left"), None],
-        "approx_method": [StrOptions(set(APPROX_METHODS))],
-        "input_shape": ["array-like", None],
-        "random_state": ["random_state"],
-        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
-        "max_epochs": [Interval(Integral, 0, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1})],
-    }
-
-    # ------------------------------------------------------------------ setup
-
-    def _get_param_names(self):
-        # skorch treats every attribute not ending in "_" as a parameter, including
-        # its private bookkeeping (e.g. _params_to_validate); keep only public ones.
-        return [name for name in super()._get_param_names() if not name.startswith("_")]
-
     def _check_params(self) -> None:
-        # skorch's NeuralNet defines its own _validate_params; call scikit-learn's.
-        BaseEstimator._validate_params(self)
+        self._validate_sklearn_params()
         if self.approx is not None and self.gamma != 100:
             raise ValueError(
                 f"approx={self.approx} requires gamma=100 (got gamma={self.gamma}): the "
                 "approximation estimates the mean over all units."
             )
 
-    @contextlib.contextmanager
-    def _threads(self) -> Iterator[None]:
-        """Set torch's thread count to ``n_threads`` (if set), restoring it after."""
-        threads = torch.get_num_threads()
-        try:
-            if self.n_threads is not None:
-                torch.set_num_threads(self.n_threads)
-            yield
-        finally:
-            torch.set_num_threads(threads)
-
-    @contextlib.contextmanager
-    def _torch_context(self) -> Iterator[None]:
-        """Seed torch from random_state and set its thread count, restoring both after."""
-        with contextlib.ExitStack() as stack:
-            if self.random_state is not None:
-                seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-                stack.enter_context(torch.random.fork_rng(devices=[]))
-                torch.manual_seed(seed)
-            stack.enter_context(self._threads())
-            yield
+    # ------------------------------------------------------------ skorch hooks
 
     def _data_sizes(self) -> dict:
         """Sizes the data fixed at fit, under the names modules take them by."""
         sizes = {"n_features": self.n_features_in_, "n_outputs": self.n_outputs_}
-        if getattr(self, "input_kind_", None) == "image":
+        if self.input_kind_ == "image":
             sizes["input_shape"] = self.image_shape_
         return sizes
 
@@ -228,15 +189,6 @@ class _ROLLMixin:
             callbacks.append(("progress_bar", ProgressBar()))
         return callbacks
 
-    def check_data(self, X, y=None):
-        """Input is validated in fit; skorch's own class inference is not used."""
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None."
-            )
-
-    # ------------------------------------------------------------------ fitting
-
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """Task loss plus ``lam`` times the ROLL penalty of the batch."""
         loss = super().get_loss(y_pred, y_true, X=X, training=training)
@@ -251,6 +203,8 @@ class _ROLLMixin:
             approx_method=self.approx_method,
         )
         return loss + self.lam * penalty
+
+    # ------------------------------------------------------------------ fitting
 
     def fit(self, X, y, **fit_params):
         """Initialize the network and train it on (X, y).
@@ -306,24 +260,51 @@ class _ROLLMixin:
             super().partial_fit(x, y, **fit_params)
         return self
 
-    @staticmethod
-    def _float32(a: np.ndarray, what: str) -> np.ndarray:
-        """``a`` as the float32 array the network trains on, refusing overflow."""
-        with np.errstate(over="ignore"):
-            out = a.astype(np.float32)
-        if not np.isfinite(out[~np.isnan(a)]).all():
-            raise ValueError(
-                f"{what} has values beyond the float32 range (|value| > 3.4e38), in "
-                "which the network trains; rescale it."
-            )
-        return out
+    # --------------------------------------------------------------- predicting
 
-    def _roll_input(self, X: Any) -> tuple[np.ndarray, Any]:
+    def _convert(self, X):
         """Validated input in the module's layout, and its restore function."""
         check_is_fitted(self)
         return check_input(self, X, reset=False)
 
-    def _forward(self, X: Any, logits: bool = False) -> np.ndarray:
+    def _network(self) -> nn.Module:
+        """The network in eval mode, on the CPU (inputs come from numpy)."""
+        module = self.module_
+        module.eval()
+        if any(param.device.type != "cpu" for param in module.parameters()):
+            module = copy.deepcopy(module).cpu()
+        return module
+
+    def _network64(self) -> nn.Module:
+        """The float64 copy of the network, remade only when its parameters changed.
+
+        Kept outside the estimator, which predict must not modify.
+        """
+        module = self.module_
+        key = tuple((id(p), p._version) for p in module.parameters())
+        cached = _FLOAT64_COPIES.get(module)
+        if cached is None or cached[0] != key:
+            cached = (key, float64_copy(module))
+            _FLOAT64_COPIES[module] = cached
+        return cached[1]
+
+    def __sklearn_roll_network__(self) -> Network:
+        """The network and its input conversion, for :mod:`sklearn_roll.regions`.
+
+        Returns
+        -------
+        Network
+        """
+        sample_shape = {
+            "tabular": (self.n_features_in_,),
+            "image": tuple(getattr(self, "image_shape_", ())),
+        }.get(self.input_kind_)
+        classes = self.classes_ if is_classifier(self) else None
+        return Network(
+            self._network(), self._convert, self.input_kind_, sample_shape, classes, self._threads
+        )
+
+    def _forward(self, X, logits: bool = False) -> np.ndarray:
         """Predictions of the network in float64, after its output nonlinearity.
 
         With ``logits`` the raw outputs, before the nonlinearity.
@@ -335,17 +316,12 @@ class _ROLLMixin:
         """
         if is_dataset(X):
             return super().predict_proba(X)
-        x, _ = self._roll_input(X)
-        regions._check_parameters(self.module_)
-        module = float64_copy(self.module_)
+        x, _ = self._convert(X)
+        check_parameters(self.module_)
         nonlinearity = (lambda out: out) if logits else self._get_predict_nonlinearity()
         size = len(x) if self.batch_size == -1 else self.batch_size
-        outputs = []
-        with self._threads(), torch.no_grad():
-            for start in range(0, len(x), size):
-                xb = torch.from_numpy(x[start : start + size]).to(torch.float64)
-                outputs.append(nonlinearity(first_output(module(xb))).numpy())
-        out = np.concatenate(outputs)
+        with self._threads():
+            out = forward(self._network64(), x, size, nonlinearity)
         if not np.isfinite(out).all():
             bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
             raise ValueError(
@@ -384,7 +360,7 @@ class _ROLLMixin:
             self, X, p, precision=precision, batch_size=batch_size, progress=progress
         )
 
-    def explain(self, X, target=None, *, precision="float32"):
+    def explain(self, X, target=None, *, precision="float32", batch_size=None, progress=False):
         """Exact input gradient of the target's logit (or of the output).
 
         See :func:`sklearn_roll.regions.explain`.
@@ -398,12 +374,18 @@ class _ROLLMixin:
             output index, None for a single output.
         precision : {"float32", "float64"}, default="float32"
             Arithmetic of the gradient.
+        batch_size : int or None, default=None
+            Samples per backward pass; None keeps the memory near 64 MiB.
+        progress : bool, default=False
+            Show a tqdm progress bar over the batches.
 
         Returns
         -------
         array shaped like X
         """
-        return regions.explain(self, X, target, precision=precision)
+        return regions.explain(
+            self, X, target, precision=precision, batch_size=batch_size, progress=progress
+        )
 
 
 _COMMON_DOC = """
@@ -451,16 +433,21 @@ _COMMON_DOC = """
         GPU, call ``torch.use_deterministic_algorithms(True)`` (and set
         ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) as well.
     n_threads : int or None, default=None
-        torch threads during fit, predict and the scorers of
+        torch threads during fit, predict, the certificates and the scorers of
         :mod:`sklearn_roll.metrics`; None leaves torch's setting alone. Set it to 1
         when folds run in parallel (joblib, dask or Ray workers).
     criterion : torch loss class or None, default=None
         The task loss, given logits; None takes ``CrossEntropyLoss`` for the
         classifier and ``MSELoss`` for the regressor. The ROLL penalty is added to it.
     optimizer : torch optimizer class, default=torch.optim.Adam
+        The optimizer; its parameters go as ``optimizer__*``.
     lr : float, default=1e-3
+        Learning rate.
     max_epochs : int, default=50
+        Epochs per call of ``fit`` (and of ``partial_fit``).
     batch_size : int, default=64
+        Samples per training batch (-1: all of them); also the batch size of
+        ``predict``.
     train_split : callable or None, default=None
         skorch's internal validation split; None trains on all the data.
     verbose : int, default=0
@@ -471,15 +458,26 @@ _COMMON_DOC = """
         Everything else skorch accepts: ``module__*``, ``optimizer__*``,
         ``callbacks``, ``device``, ``iterator_train__*``, ``warm_start``, ...
 
-    How the defaults were chosen: ``benchmarks/defaults.py`` trains the default
-    network on scikit-learn's digits, breast cancer, wine and iris sets
-    (standardised, 70/30 split, two seeds) over lam in {0.25, 1, 4} x C in
-    {0.25, 1, 4}. lam=1, C=1 gave the largest median-margin gain (3.2x the plain
-    network's, geometric mean; 1.5x at worst) among the settings that kept mean
-    accuracy within a point of plain training (0.976 vs 0.975); see
-    ``benchmarks/results/defaults.md``.
+    The defaults were chosen by ``benchmarks/defaults.py``, which trains the default
+    network on scikit-learn's tabular sets over a grid of ``lam`` and ``C`` and keeps
+    the largest median-margin gain among the settings whose mean accuracy stays
+    within a point of plain training (``benchmarks/results/defaults.md``).
 """
 
+_FITTED_DOC = """
+    n_features_in_ : int
+        Features (tabular), channels (sequences) or values per image seen in fit.
+    feature_names_in_ : ndarray of str
+        Column names, when X was a DataFrame with string column names.
+    input_kind_ : {"tabular", "sequence", "image"}
+        The kind of input fit saw, which later input must match.
+    image_shape_ : tuple of int
+        (channels, height, width) of one image (image input only).
+    module_ : nn.Module
+        The trained network; it outputs logits (classifier) or predictions.
+    history_ : skorch.History
+        Per-epoch training record.
+"""
 
 _NOTES_DOC = """
     Notes
@@ -503,7 +501,7 @@ _NOTES_DOC = """
 """
 
 
-def _encoded_accuracy(net: Any, X: Any, y: Any) -> float:
+def _encoded_accuracy(net, X, y) -> float:
     """Accuracy of the network's argmax against encoded targets (skorch scoring)."""
     if y is None:
         _, y = unpack_data(next(iter(net.get_iterator(X))))
@@ -523,16 +521,11 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
-        Class labels.
-    n_features_in_ : int
-        Features (tabular), channels (sequences) or values per image seen in fit.
-    feature_names_in_ : ndarray of str
-        Column names, when X was a DataFrame with string column names.
-    module_ : nn.Module
-        The trained network; it outputs logits.
-    history_ : skorch.History
-        Per-epoch training record.
+        Class labels; logit i is class ``classes_[i]``.
+    n_outputs_ : int
+        Number of classes.
 """
+        + _FITTED_DOC
         + _NOTES_DOC
         + """
     Examples
@@ -630,13 +623,12 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
         + """
     Attributes
     ----------
-    n_features_in_ : int
-        Features (tabular), channels (sequences) or values per image seen in fit.
     n_outputs_ : int
         Number of regression targets.
-    module_ : nn.Module
-        The trained network.
+    y_ndim_ : int
+        Dimensions of y in fit (1 or 2); ``predict`` returns the same.
 """
+        + _FITTED_DOC
         + _NOTES_DOC
         + """
     Examples

@@ -20,13 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .regions import (
-    _check_precision,
-    _final_estimator,
-    certified_margin,
-    certified_radius,
-    dual_order,
-)
+from ._evaluation import check_precision
+from ._margins import dual_order
+from .regions import certified_margin, certified_radius
 
 __all__ = ["certified_accuracy_scorer", "margin_scorer", "radius_scorer"]
 
@@ -72,7 +68,7 @@ class _QuantileScorer:
         precision: str,
     ) -> None:
         dual_order(p)
-        _check_precision(precision)
+        check_precision(precision)
         self.factory = factory
         self.certificate = certificate
         self.p = p
@@ -80,8 +76,7 @@ class _QuantileScorer:
         self.precision = precision
 
     def __call__(self, estimator: Any, X: Any, y: Any = None) -> float:
-        with _final_estimator(estimator)._threads():
-            values = self.certificate(estimator, X, self.p, precision=self.precision)
+        values = self.certificate(estimator, X, self.p, precision=self.precision)
         return _quantile(values, self.quantile)
 
     def __repr__(self) -> str:
@@ -168,7 +163,7 @@ class _CertifiedAccuracyScorer:
         if not isinstance(radius, numbers.Real) or isinstance(radius, bool) or not radius >= 0:
             raise ValueError(f"radius must be a non-negative number, got {radius!r}.")
         dual_order(p)
-        _check_precision(precision)
+        check_precision(precision)
         self.radius = radius
         self.p = p
         self.precision = precision
@@ -176,9 +171,8 @@ class _CertifiedAccuracyScorer:
     def __call__(self, estimator: Any, X: Any, y: Any = None) -> float:
         if y is None:
             raise ValueError("certified_accuracy_scorer needs the true labels y.")
-        with _final_estimator(estimator)._threads():
-            radii = certified_radius(estimator, X, self.p, precision=self.precision)
-            correct = estimator.predict(X) == np.asarray(y)
+        radii = certified_radius(estimator, X, self.p, precision=self.precision)
+        correct = estimator.predict(X) == np.asarray(y)
         return float(np.mean(correct & (radii >= self.radius)))
 
     def __repr__(self) -> str:

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .regions import _final_estimator, certified_margin, dual_order
+from ._adapter import network_of
+from ._margins import dual_order
+from .regions import certified_margin
 
 __all__ = ["certified_margin_dask"]
 
@@ -83,7 +85,7 @@ def certified_margin_dask(estimator: Any, X: Any, p: float = 2, **kwargs: Any) -
     if X.ndim < 2:
         raise ValueError(f"X must have a samples axis and a feature axis, got {X.ndim}-D.")
     dual_order(p)
-    _final_estimator(estimator)
+    network_of(estimator)
     others = tuple(range(1, X.ndim))
     X = X.rechunk(dict.fromkeys(others, -1))
     # One task holds the estimator, so it is sent to each worker once, not with every block.

@@ -289,7 +289,7 @@ def test_bad_arguments_of_the_certificates(model):
     with pytest.raises(ValueError, match="p must be 1, 2 or np.inf"):
         est.certified_margin(X, p=3)
     with pytest.raises(ValueError, match="precision must be one of"):
-        regions.stability_bounds(est, X, precision="half")
+        regions.activation_patterns(est, X, precision="half")
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="batch_size must be a positive integer"):
             est.certified_margin(X, batch_size=bad)

@@ -23,7 +23,7 @@ from torch import nn
 
 from reference import margins, output_gradients, unit_gradients
 from sklearn_roll.linearize import float64_copy, linear_chain, linearize, record
-from sklearn_roll.regions import FLOAT32_RTOL, lp_margin, module_margin, norm_reducer
+from sklearn_roll.regions import FLOAT32_RTOL, module_margin
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -339,28 +339,35 @@ def test_float32_cancellation_is_caught_by_the_rounding_bound():
 
 
 def test_float32_flip_of_a_lower_unit_does_not_leak_into_the_margin():
-    """A first-layer unit 5e-9 from zero, which float32 rounding switches off.
+    """A first-layer unit that float32 rounding switches off, in exact arithmetic.
 
-    The margin is set by a second-layer unit 1e-12 from its boundary, whose gradient
-    depends on the first unit's state; with the float32 pattern it would be
-    over-claimed by a factor ~2.8 (the bug this guards against).
+    u1 = x1 - 1 at x1 = 1 + 2^-30: 2^-30 in float64, but x1 rounds to 1 in float32,
+    so u1 is exactly 0 there (off), whatever the matrix kernel (every product is by
+    0 or 1). The margin is set by v = 4 h1 + h2 - 1, about 1e-12 from its boundary,
+    whose gradient (4, 1) depends on u1's state: with the float32 pattern it would be
+    (0, 1), over-claiming the margin by sqrt(17).
     """
-    torch.manual_seed(14)
-    module = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
-    module.eval()
-    exact = float64_copy(module)
-    x = np.linspace(-1, 1, 4)[None]
-    for _ in range(4):
-        _, z, g = _unit_rows(exact, x)
-        units = [0, 6]
-        x = x + np.linalg.lstsq(g[0, units], [5e-9, 1e-12] - z[0, units], rcond=None)[0]
-    x64 = torch.from_numpy(x)
-    pre64 = record(exact, x64).pre
-    assert ((pre64[0] > 0) != (record(module, x64.float()).pre[0] > 0)).any()
-    m64 = module_margin(module, x, 2, precision="float64")
+    module = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1), nn.ReLU(), nn.Linear(1, 2))
     with torch.no_grad():
-        unfrozen = lp_margin(linearize(module, x64.float(), "l2", norm_reducer(2)), pre64)
-    assert unfrozen[0] > 2 * m64[0]
+        module[0].weight.copy_(torch.eye(2))
+        module[0].bias.copy_(torch.tensor([-1.0, 0.0]))
+        module[2].weight.copy_(torch.tensor([[4.0, 1.0]]))
+        module[2].bias.fill_(-1.0)
+        module[4].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        module[4].bias.zero_()
+    module.eval()
+    x = np.array([[1 + 2.0**-30, 1 - 4 * 2.0**-30 + 1e-12 * np.sqrt(17)]])
+    x64 = torch.from_numpy(x)
+    with torch.no_grad():
+        pre64 = record(float64_copy(module), x64).pre
+    assert pre64[0][0, 0] == 2.0**-30 and record(module, x64.float()).pre[0][0, 0] == 0
+    m64 = module_margin(module, x, 2, precision="float64")
+    np.testing.assert_allclose(m64, 1e-12, rtol=1e-3)
+    with torch.no_grad():
+        unfrozen = linearize(module, x64.float(), "basis")
+    norms = [np.linalg.norm(g[0].detach().double().numpy(), axis=1) for g in unfrozen.pre_tangents]
+    claims = [np.abs(z[0].numpy()) / n for z, n in zip(pre64, norms)]
+    assert np.concatenate(claims).min() > 2 * m64[0]
     for p in P_VALUES:
         m64 = module_margin(module, x, p, precision="float64")
         m32 = module_margin(module, x, p, precision="float32")

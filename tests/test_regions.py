@@ -124,7 +124,7 @@ def test_directional_margin_is_exact_and_sound(model, rng):
     z, g = unit_gradients(module, X)
     d = rng.randn(*X.shape)
     d /= np.linalg.norm(d, axis=1, keepdims=True)
-    t = directional_margin(clf, X, d, precision="float64")
+    t = directional_margin(clf, X, d)
     gd = np.einsum("nud,nd->nu", g, d)
     expected = np.where(z * gd < 0, np.abs(z) / np.abs(gd), np.inf).min(axis=1)
     np.testing.assert_allclose(t, expected, rtol=1e-9)
@@ -134,10 +134,8 @@ def test_directional_margin_is_exact_and_sound(model, rng):
         beyond = pattern(module, np.stack([X[i], X[i] + 1.01 * t[i] * d[i]]))
         assert (beyond[0] != beyond[1]).any()
     # A single direction broadcasts; scaling does not matter.
-    one = directional_margin(clf, X, 3 * d[0], precision="float64")
-    np.testing.assert_allclose(
-        one, directional_margin(clf, X, np.tile(d[0], (len(X), 1)), precision="float64")
-    )
+    one = directional_margin(clf, X, 3 * d[0])
+    np.testing.assert_allclose(one, directional_margin(clf, X, np.tile(d[0], (len(X), 1))))
     with pytest.raises(ValueError, match="non-zero"):
         directional_margin(clf, X, np.zeros(X.shape[1]))
 
@@ -145,16 +143,12 @@ def test_directional_margin_is_exact_and_sound(model, rng):
 def test_stability_bounds_match_axis_directional_margins(model):
     clf, X = model
     module = _module64(clf)
-    lower, upper = stability_bounds(clf, X, precision="float64")
+    lower, upper = stability_bounds(clf, X)
     assert lower.shape == X.shape and np.all(lower <= 0) and np.all(upper >= 0)
     eye = np.eye(X.shape[1])
     for k in (0, 5, 12):
-        np.testing.assert_allclose(
-            upper[:, k], directional_margin(clf, X, eye[k], precision="float64"), rtol=1e-12
-        )
-        np.testing.assert_allclose(
-            -lower[:, k], directional_margin(clf, X, -eye[k], precision="float64"), rtol=1e-12
-        )
+        np.testing.assert_allclose(upper[:, k], directional_margin(clf, X, eye[k]), rtol=1e-12)
+        np.testing.assert_allclose(-lower[:, k], directional_margin(clf, X, -eye[k]), rtol=1e-12)
     for i in range(3):
         for k in range(X.shape[1]):
             for bound in (lower[i, k], upper[i, k]):

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from sklearn_roll import ROLLClassifier, regions
+from sklearn_roll import ROLLClassifier, _evaluation, _rounding, regions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,7 +25,7 @@ def model():
 @pytest.fixture
 def small_cap(monkeypatch):
     """A memory cap of 64 KiB: 12 samples' float32 tangents for p=1 on this network."""
-    monkeypatch.setattr(regions, "_memory_cap", lambda: 2**16)
+    monkeypatch.setattr(_evaluation, "_memory_cap", lambda: 2**16)
 
 
 def _tangent_bytes(k):
@@ -36,14 +36,14 @@ def _tangent_bytes(k):
 def test_default_batches_follow_the_budget(model, monkeypatch):
     clf, X = model
     seen = []
-    original = regions.linearize
+    original = _rounding.linearize
 
     def spy(module, x, *args, **kwargs):
         seen.append(len(x))
         return original(module, x, *args, **kwargs)
 
-    monkeypatch.setattr(regions, "_MEMORY_BUDGET", 50 * _tangent_bytes(20))
-    monkeypatch.setattr(regions, "linearize", spy)
+    monkeypatch.setattr(_evaluation, "MEMORY_BUDGET", 50 * _tangent_bytes(20))
+    monkeypatch.setattr(_rounding, "linearize", spy)
     clf.certified_margin(X, p=1)
     assert max(seen) == 50 and len(seen) == 6
 
@@ -82,5 +82,5 @@ def test_a_batch_size_within_the_cap_is_kept_silently(model, small_cap):
 
 
 def test_the_cap_is_a_fraction_of_physical_memory():
-    cap = regions._memory_cap()
-    assert regions._MEMORY_BUDGET <= cap <= regions._MEMORY_CAP
+    cap = _evaluation._memory_cap()
+    assert _evaluation.MEMORY_BUDGET <= cap <= _evaluation._MEMORY_CAP

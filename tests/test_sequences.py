@@ -114,13 +114,13 @@ def test_explain_and_bounds_follow_the_input_layout(rnn_model):
     grads = clf.explain(X[:5])
     assert isinstance(grads, list) and [g.shape for g in grads] == [x.shape for x in X[:5]]
     assert not any(np.isnan(g).any() for g in grads)
-    lower, upper = stability_bounds(clf, X[:5], precision="float64")
+    lower, upper = stability_bounds(clf, X[:5])
     assert [u.shape for u in upper] == [x.shape for x in X[:5]]
     # Each bound is the directional margin along that time step and channel.
     x = X[0]
     e = np.zeros_like(x)
     e[1, 2] = 1.0
-    t = directional_margin(clf, [x], [e], precision="float64")[0]
+    t = directional_margin(clf, [x], [e])[0]
     assert upper[0][1, 2] == pytest.approx(t, rel=1e-12)
     padded_lower, _ = stability_bounds(clf, _padded(X[:5]))
     assert np.array_equal(np.isnan(padded_lower), np.isnan(_padded(X[:5])))

@@ -1,0 +1,77 @@
+"""Parameter descriptions shared by several docstrings, filled in by :func:`fill_doc`."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Callable
+from typing import TypeVar
+
+__all__ = ["fill_doc"]
+
+F = TypeVar("F", bound=Callable)
+
+_PARAMETERS = {
+    "estimator": """
+        estimator : ROLLClassifier, ROLLRegressor or Pipeline
+            A fitted estimator, or a fitted pipeline ending in one whose other steps
+            are affine (see *Pipelines* in :mod:`sklearn_roll.regions`).""",
+    "classifier": """
+        estimator : ROLLClassifier or Pipeline
+            A fitted classifier, or a fitted pipeline ending in one whose other steps
+            are affine (see *Pipelines* in :mod:`sklearn_roll.regions`).""",
+    "X": """
+        X : array-like
+            Samples, in the layout the estimator (or pipeline) was fitted on.""",
+    "p": """
+        p : {1, 2, np.inf}, default=2
+            Order of the ball.""",
+    "precision": """
+        precision : {"float32", "float64"}, default="float32"
+            ``"float64"`` computes everything in float64. ``"float32"`` computes the
+            Jacobian of Linear chains in float32 with rigorous rounding bounds (see
+            :mod:`sklearn_roll.regions`): the result never exceeds the float64 one and
+            lies within a factor ``(1 - FLOAT32_RTOL) / (1 + FLOAT32_RTOL)`` below it.""",
+    "batch_size": """
+        batch_size : int or None, default=None
+            Samples per batch; None keeps the tangent tensors near 64 MiB. Larger
+            requests are lowered, with a warning, where they would exceed the memory
+            cap.""",
+    "progress": """
+        progress : bool, default=False
+            Show a tqdm progress bar over the batches.""",
+    "target": """
+        target : label, array-like of labels, int or None, default=None
+            Classifier: the class whose logit is explained, one label for all
+            samples or one per sample; None takes the predicted class. Regressor:
+            the index of the output (None for a single output).""",
+}
+
+_PLACEHOLDER = re.compile(r"^( *)%\((\w+)\)s$", re.M)
+
+
+def fill_doc(func: F) -> F:
+    """Replace each line ``%(name)s`` of ``func``'s docstring by the shared description.
+
+    The description is indented like the placeholder, so one text serves functions
+    and methods alike.
+
+    Examples
+    --------
+    >>> from sklearn_roll._docs import fill_doc
+    >>> @fill_doc
+    ... def f(X):
+    ...     '''Parameters
+    ...     ----------
+    ...     %(X)s
+    ...     '''
+    >>> print(f.__doc__.splitlines()[2].strip())
+    X : array-like
+    """
+
+    def replace(match: re.Match) -> str:
+        text = textwrap.dedent(_PARAMETERS[match.group(2)]).strip("\n")
+        return textwrap.indent(text, match.group(1))
+
+    func.__doc__ = _PLACEHOLDER.sub(replace, func.__doc__ or "")
+    return func

@@ -1,0 +1,395 @@
+"""Evaluating a network on many samples, batch by batch, within a memory budget.
+
+Every certificate, every explanation and every prediction walks the samples with
+:func:`batches`, in batches that :func:`batch_size` sizes so that the tangents of one
+batch stay near :data:`MEMORY_BUDGET`. :class:`Evaluator` holds one network at one
+set of points and turns its linearizations into certificates with the math of
+:mod:`sklearn_roll._margins` and the soundness rules of :mod:`sklearn_roll._rounding`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import warnings
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ._chain import linear_chain
+from ._linearization import Linearization
+from ._margins import (
+    Block,
+    axis_bounds,
+    decision_terms,
+    directional,
+    dual_order,
+    norm_reducer,
+)
+from ._recording import first_output
+from ._rounding import FLOAT32_RTOL, SMALLEST_ACCURATE32, Float32Chain, float32_bounded, sound_min
+from .linearize import float64_copy, linearize, record, tangent_count
+
+__all__ = [
+    "MEMORY_BUDGET",
+    "PRECISIONS",
+    "Evaluator",
+    "batch_size",
+    "batches",
+    "check_parameters",
+    "check_precision",
+    "forward",
+    "input_gradients",
+    "output_jacobians",
+    "patterns",
+]
+
+MEMORY_BUDGET = 64 * 2**20
+"""Bytes of tangents per batch when no batch size is given.
+
+Small enough that a layer's tangents stay in cache-friendly sizes, large enough that
+each layer is one big matrix product.
+"""
+# A batch_size passed explicitly may use more, up to this many bytes of tangents.
+_MEMORY_CAP = 2 * 2**30
+PRECISIONS = ("float32", "float64")
+
+
+def check_precision(precision: str) -> None:
+    """Refuse a ``precision`` that is not "float32" or "float64"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+
+
+def check_parameters(module: nn.Module) -> None:
+    """Refuse a network with NaN or infinite parameters: it has no certificate."""
+    if not all(torch.isfinite(param).all() for param in module.parameters()):
+        raise ValueError(
+            "The network's parameters contain NaN or infinity (did training diverge?); "
+            "it has no certificate."
+        )
+
+
+def _memory_cap() -> int:
+    """Bytes of tangents one batch may use: an eighth of physical memory, at most 2 GiB."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return _MEMORY_CAP
+    return max(MEMORY_BUDGET, min(_MEMORY_CAP, physical // 8))
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    return next((param.dtype for param in module.parameters()), torch.float32)
+
+
+def batch_size(
+    module: nn.Module, x: np.ndarray, requested: int | None, k: int, per_input: int = 0
+) -> int:
+    """Samples per batch so that the tangent tensors stay within the memory budget.
+
+    ``k`` values per unit and output and ``per_input`` per input coordinate are held
+    for each example (tangents, or activations and gradients). A ``requested`` size
+    is kept unless that would exceed the memory cap; it is then lowered, with a
+    warning, instead of exhausting memory.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network (its dtype sets the bytes per value).
+    x : ndarray of shape (n, ...)
+        The samples.
+    requested : int or None
+        The user's ``batch_size``; None for the budget's.
+    k : int
+        Values per unit.
+    per_input : int, default=0
+        Values per input coordinate.
+
+    Returns
+    -------
+    int
+    """
+    if requested is not None and (
+        not isinstance(requested, numbers.Integral) or isinstance(requested, bool) or requested < 1
+    ):
+        raise ValueError(f"batch_size must be a positive integer or None, got {requested!r}.")
+    if len(x) == 0:
+        return 1
+    dtype = _dtype(module)
+    with torch.no_grad():
+        lin = record(module, torch.from_numpy(x[:1]).to(dtype))
+    itemsize = torch.finfo(dtype).bits // 8
+    per_example = itemsize * (
+        max(k, 1) * (lin.n_units + lin.output.shape[1]) + per_input * math.prod(x.shape[1:])
+    )
+    if requested is None:
+        return int(max(1, min(len(x), MEMORY_BUDGET // per_example)))
+    cap = _memory_cap()
+    most = max(1, cap // per_example)
+    if min(requested, len(x)) > most:
+        warnings.warn(
+            f"batch_size={requested} would need about "
+            f"{per_example * min(requested, len(x)) / 2**20:.0f} MiB of tangents per "
+            f"batch; using batch_size={most}, the most that fits the "
+            f"{cap / 2**20:.0f} MiB cap.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return int(most)
+    return int(requested)
+
+
+def batches(n: int, size: int, progress: bool = False) -> Iterator[slice]:
+    """Row slices of at most ``size`` covering ``range(n)``, under a tqdm bar if ``progress``.
+
+    Parameters
+    ----------
+    n : int
+        Number of rows.
+    size : int
+        Rows per slice.
+    progress : bool, default=False
+        Show a progress bar over the slices.
+
+    Yields
+    ------
+    slice
+    """
+    starts = range(0, n, size)
+    if progress:
+        starts = tqdm(starts, unit="batch", desc="sklearn-roll")
+    for start in starts:
+        yield slice(start, min(start + size, n))
+
+
+def forward(
+    module: nn.Module, x: np.ndarray, size: int, nonlinearity: Callable[[Tensor], Tensor]
+) -> np.ndarray:
+    """``nonlinearity(logits)`` of every sample, batch by batch, in the module's dtype."""
+    dtype = _dtype(module)
+    with torch.no_grad():
+        outputs = [
+            nonlinearity(first_output(module(torch.from_numpy(x[rows]).to(dtype)))).numpy()
+            for rows in batches(len(x), size)
+        ]
+    return np.concatenate(outputs)
+
+
+class Evaluator:
+    """Certificates of one network at a set of points.
+
+    The pre-activations always come from a float64 record. The Jacobians are
+    float32 only for the l_p margins and radii of Linear chains on 2-D input under
+    ``precision="float32"``, where :class:`~sklearn_roll._rounding.Float32Chain`
+    bounds their rounding; everything else runs in float64.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network in its own precision, in eval mode.
+    x : ndarray of shape (n, ...)
+        The points, in the layout the network reads.
+    precision : {"float32", "float64"}
+        The certificates' contract (see :mod:`sklearn_roll._rounding`).
+    exact : nn.Module or None, default=None
+        The float64 network when ``module`` was derived from it (a pipeline's network
+        folded with its preprocessing); None for a float64 copy of ``module``.
+    """
+
+    def __init__(
+        self, module: nn.Module, x: np.ndarray, precision: str, exact: nn.Module | None = None
+    ) -> None:
+        check_precision(precision)
+        check_parameters(module)
+        self.module = module
+        self.x = x
+        self.exact = float64_copy(module) if exact is None else exact
+        self.chain = linear_chain(self.exact) if x.ndim == 2 else None
+        self.bounded = float32_bounded(precision, self.chain, module)
+        # The float32 contract (within FLOAT32_RTOL below the float64 value) holds
+        # whichever arithmetic serves it.
+        self.rtol = FLOAT32_RTOL if precision == "float32" else 0.0
+
+    def record(self, rows: slice) -> Linearization:
+        """The float64 record of some rows, refusing values that overflow."""
+        exact = record(self.exact, torch.from_numpy(self.x[rows]).double())
+        values = [
+            z if c is None else torch.where(c, z, 0) for z, c in zip(exact.pre, exact.counted)
+        ]
+        if not all(torch.isfinite(v).all() for v in [*values, exact.output]):
+            raise ValueError(
+                "The network's pre-activations or outputs are not finite in float64 "
+                "(overflow) for some samples: its weights or the inputs are too large "
+                "to certify."
+            )
+        return exact
+
+    def margins(
+        self, p: float, requested: int | None, decision: bool, progress: bool = False
+    ) -> np.ndarray:
+        """l_p margins, or with ``decision`` robust radii, of every sample."""
+        q = dual_order(p)
+        bounded = Float32Chain(self.module, self.exact, self.chain, p) if self.bounded else None
+        if bounded is not None:
+            k, work = bounded.k, self.module
+        else:
+            tangents = "l2" if p == 2 else "basis"
+            probe = torch.from_numpy(self.x[:1]).double()
+            k = tangent_count(self.exact, probe, tangents) if len(self.x) else 1
+            work = self.exact
+        out = np.empty(len(self.x))
+        with torch.no_grad():
+            for rows in batches(len(self.x), batch_size(work, self.x, requested, k), progress):
+                exact = self.record(rows)
+                if bounded is not None:
+                    blocks = bounded.blocks(torch.from_numpy(self.x[rows]).float(), exact, decision)
+                else:
+                    xb = torch.from_numpy(self.x[rows]).double()
+                    lin = linearize(self.exact, xb, tangents, norm_reducer(p))
+                    blocks = [
+                        Block(z.abs(), norm, counted)
+                        for z, norm, counted in zip(exact.pre, lin.pre_tangents, lin.counted)
+                    ]
+                    if decision:
+                        gap, norm, _, others = decision_terms(lin.output_tangents, exact.output, q)
+                        blocks.append(Block(gap, norm, others))
+                value = sound_min(blocks, len(exact.output), self.rtol)
+                if decision:
+                    gap, others = blocks[-1].num, blocks[-1].counted
+                    value = torch.where(((gap <= 0) & others).any(dim=1), 0.0, value)
+                out[rows] = value.numpy()
+        return out
+
+    def _linearized(
+        self, tangents: str | Callable[[slice], Tensor], k: int, requested: int | None, progress
+    ) -> Iterator[tuple[slice, Linearization, Linearization]]:
+        """(rows, float64 linearization, float64 record) batch by batch."""
+        size = batch_size(self.exact, self.x, requested, k)
+        with torch.no_grad():
+            for rows in batches(len(self.x), size, progress):
+                exact = self.record(rows)
+                xb = torch.from_numpy(self.x[rows]).double()
+                t = tangents(rows) if callable(tangents) else tangents
+                yield rows, linearize(self.exact, xb, t), exact
+
+    def directional(
+        self, directions: np.ndarray, requested: int | None, progress: bool = False
+    ) -> np.ndarray:
+        """Distance from every sample along its direction (one per sample) to the boundary."""
+        out = np.empty(len(self.x))
+
+        def tangent(rows: slice) -> Tensor:
+            return torch.from_numpy(directions[rows]).double()[None]
+
+        for rows, lin, exact in self._linearized(tangent, 1, requested, progress):
+            rates = [g[:, :, 0] for g in lin.pre_tangents]
+            out[rows] = directional(len(exact.output), exact.pre, rates, lin.counted).numpy()
+        return out
+
+    def axis_bounds(
+        self, requested: int | None, progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-coordinate stability bounds of every sample, shaped like the points."""
+        lower = np.empty(self.x.shape)
+        upper = np.empty(self.x.shape)
+        d = math.prod(self.x.shape[1:])
+        for rows, lin, exact in self._linearized("basis", d, requested, progress):
+            n = len(exact.output)
+            lo, up = axis_bounds((n, d), exact.pre, lin.pre_tangents, lin.counted)
+            lower[rows] = lo.reshape(lower[rows].shape).numpy()
+            upper[rows] = up.reshape(upper[rows].shape).numpy()
+        return lower, upper
+
+
+def _input_gradient(module: nn.Module, x: Tensor, picked: np.ndarray | None) -> Tensor:
+    """Gradient of one output per example (the argmax where ``picked`` is None).
+
+    NaN for examples whose outputs overflow: their pattern and argmax are unreliable.
+    """
+    x = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = first_output(module(x))
+        index = out.argmax(dim=1) if picked is None else torch.from_numpy(picked)
+        (grad,) = torch.autograd.grad(out.gather(1, index[:, None]).sum(), x)
+    finite = torch.isfinite(out).all(dim=1).reshape(-1, *[1] * (x.dim() - 1))
+    return torch.where(finite, grad.detach(), math.nan)
+
+
+def input_gradients(
+    module: nn.Module,
+    exact: nn.Module,
+    x: np.ndarray,
+    indices: np.ndarray | None,
+    requested: int | None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Input gradients of one output per sample (the argmax where ``indices`` is None).
+
+    Computed with ``module``; where that is not the float64 ``exact`` network, rows
+    whose gradient overflows or is so small that float32 underflow eats its precision
+    are recomputed with ``exact``. NaN at padded positions of sequences (NaN in x).
+    """
+    dtype = _dtype(module)
+    # Saved activations and their gradients, and the input, its gradient and their
+    # float64 copies: a few values per unit and per input coordinate.
+    size = batch_size(module, x, requested, 4, per_input=6)
+    grads = np.empty(x.shape)
+    for rows in batches(len(x), size, progress):
+        xb = torch.from_numpy(x[rows])
+        picked = None if indices is None else indices[rows]
+        grad = _input_gradient(module, xb.to(dtype), picked).double()
+        bad = ~torch.isfinite(grad).reshape(len(xb), -1).all(dim=1)
+        if module is not exact:
+            small = grad.reshape(len(xb), -1).abs().amax(dim=1) < SMALLEST_ACCURATE32
+            redo = bad | small
+            if redo.any():
+                sub = None if picked is None else picked[redo.numpy()]
+                grad[redo] = _input_gradient(exact, xb[redo].double(), sub)
+                bad = ~torch.isfinite(grad).reshape(len(xb), -1).all(dim=1)
+        if bad.any():
+            raise ValueError(
+                f"The input gradient of sample {rows.start + int(bad.nonzero()[0, 0])} is not "
+                "finite in float64 (overflow): the network's weights are too large to explain."
+            )
+        # Padded positions of sequences have no gradient; batch by batch, since a
+        # mask of all of x would be as large as x.
+        grads[rows] = torch.where(torch.isnan(xb), math.nan, grad).numpy()
+    return grads
+
+
+def patterns(module: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Activation pattern (z > 0, False where a unit does not count) of every sample."""
+    dtype = _dtype(module)
+    blocks = []
+    with torch.no_grad():
+        for rows in batches(len(x), batch_size(module, x, None, 1)):
+            lin = record(module, torch.from_numpy(x[rows]).to(dtype))
+            parts = [
+                (z > 0) if counted is None else (z > 0) & counted
+                for z, counted in zip(lin.pre, lin.counted)
+            ]
+            empty = torch.zeros(len(lin.output), 0, dtype=torch.bool)
+            blocks.append(torch.cat(parts or [empty], dim=1).numpy())
+    return np.concatenate(blocks)
+
+
+def output_jacobians(
+    module: nn.Module, x: np.ndarray, size: int = 256, progress: bool = False
+) -> np.ndarray:
+    """Input-output Jacobians (n, n_outputs * D) in float64, by reverse mode."""
+    blocks = []
+    for rows in batches(len(x), size, progress):
+        xb = torch.from_numpy(x[rows]).double().requires_grad_(True)
+        with torch.enable_grad():
+            out = first_output(module(xb))
+            grads = [
+                torch.autograd.grad(out[:, k].sum(), xb, retain_graph=True)[0].reshape(len(xb), -1)
+                for k in range(out.shape[1])
+            ]
+        blocks.append(torch.cat(grads, dim=1).numpy())
+    return np.concatenate(blocks) if blocks else np.zeros((0, 0))
