@@ -129,7 +129,7 @@ def main(quick: bool) -> None:
         n_margin=budget(quick, 100, 100, 10),
     )
     vanilla = candidates[0]
-    roll = select(candidates[1:], vanilla, 0.005)
+    roll = select(candidates, 0.005)
     roll_name = "ROLL (lam={lam:g}, C=1)"
     if roll is None:
         roll = max(candidates[1:], key=lambda c: c["valid_accuracy"])

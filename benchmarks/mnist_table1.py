@@ -1,6 +1,6 @@
 """The paper's Table 1 on real MNIST: plain training vs ROLL, 4x300 ReLU MLP.
 
-Protocol (DESIGN section 7): the official 60,000 training images split 55,000 /
+Protocol (the paper's): the official 60,000 training images split 55,000 /
 5,000 (the last 5,000 validate), the 10,000 test images, inputs standardised with
 mean 0.1307 and std 0.3081; SGD with lr 0.01, momentum 0.5, Nesterov, batch 64, 20
 epochs, keeping the epoch with the lowest validation loss. ROLL runs over lam in

@@ -24,10 +24,11 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 from torch.func import jacfwd, vmap
 
 from _common import budget, gemm_gflops, markdown_table, write
+from reference import preactivations as capture
+from reference import unit_jacobian
 from sklearn_roll import ROLLClassifier
 from sklearn_roll.linearize import float64_copy, linear_chain
 from sklearn_roll.regions import FLOAT32_RTOL, certified_margin
@@ -40,18 +41,7 @@ def preactivations(module):
     """f(x) -> every hidden pre-activation, flattened per example (for the baselines)."""
 
     def f(x):
-        captured = []
-        hooks = [
-            sub.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
-            for sub in module.modules()
-            if isinstance(sub, (nn.ReLU, nn.LeakyReLU))
-        ]
-        try:
-            module(x)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return torch.cat([z.reshape(z.shape[0], -1) for z in captured], dim=-1)
+        return torch.cat(capture(module, x)[1], dim=-1)
 
     return f
 
@@ -63,16 +53,9 @@ def margins_from(z, jac, q):
 
 
 def per_unit_backward(module, x, q, units=None):
-    """Margins from one backward pass per unit; with ``units``, only those units."""
-    f = preactivations(module)
-    xg = x.clone().requires_grad_(True)
-    z = f(xg)
-    chosen = range(z.shape[1]) if units is None else units
-    jac = torch.empty(z.shape[0], len(chosen), x[0].numel(), dtype=x.dtype)
-    for i, u in enumerate(chosen):
-        (g,) = torch.autograd.grad(z[:, u].sum(), xg, retain_graph=True)
-        jac[:, i] = g.reshape(len(x), -1)
-    return margins_from(z.detach()[:, list(chosen)], jac, q)
+    """Margins from one backward pass per unit (tests/reference.py); with ``units``,
+    only those units."""
+    return margins_from(*unit_jacobian(module, x, units), q)
 
 
 def vmap_jacfwd(module, x, q):

@@ -96,20 +96,27 @@ def _map(weight: Any, bias: Any) -> AffineMap:
     return AffineMap(np.asarray(weight, dtype=np.float64), np.asarray(bias, dtype=np.float64))
 
 
+def _centre_and_scale(n: int, center: Any, scale: Any) -> AffineMap:
+    """``(x - center) / scale``; None for a step that does not centre or does not scale."""
+    center = np.zeros(n) if center is None else np.asarray(center, dtype=np.float64)
+    scale = np.ones(n) if scale is None else np.asarray(scale, dtype=np.float64)
+    return _map(1.0 / scale, -center / scale)
+
+
 def _standard(step: StandardScaler) -> AffineMap:
-    n = step.n_features_in_
-    scale = step.scale_ if step.with_std else np.ones(n)
-    mean = step.mean_ if step.with_mean else np.zeros(n)
-    scale, mean = np.asarray(scale, dtype=np.float64), np.asarray(mean, dtype=np.float64)
-    return _map(1.0 / scale, -mean / scale)
+    return _centre_and_scale(
+        step.n_features_in_,
+        step.mean_ if step.with_mean else None,
+        step.scale_ if step.with_std else None,
+    )
 
 
 def _robust(step: RobustScaler) -> AffineMap:
-    n = step.n_features_in_
-    scale = step.scale_ if step.with_scaling else np.ones(n)
-    center = step.center_ if step.with_centering else np.zeros(n)
-    scale, center = np.asarray(scale, dtype=np.float64), np.asarray(center, dtype=np.float64)
-    return _map(1.0 / scale, -center / scale)
+    return _centre_and_scale(
+        step.n_features_in_,
+        step.center_ if step.with_centering else None,
+        step.scale_ if step.with_scaling else None,
+    )
 
 
 def _min_max(step: MinMaxScaler) -> AffineMap:

@@ -41,6 +41,14 @@ def linear_chain(module: nn.Module) -> Chain | None:
         Each Linear layer with the slope below zero of the activation after it
         (0 for ReLU), None for the output layer; None if the module is not such a
         chain.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from sklearn_roll.linearize import linear_chain
+    >>> chain = linear_chain(nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(0.1), nn.Linear(4, 2)))
+    >>> [slope for _, slope in chain]
+    [0.1, None]
     """
     if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
         return None
@@ -200,7 +208,8 @@ def chain_vjp(module: nn.Module, patterns: list[Tensor], layer: int, cotangents:
     --------
     >>> import torch
     >>> from sklearn_roll.nn import MLP
-    >>> from sklearn_roll.linearize import chain_vjp, record
+    >>> from sklearn_roll._chain import chain_vjp
+    >>> from sklearn_roll.linearize import record
     >>> net, x = MLP(4, 3, hidden_layer_sizes=(5,)), torch.randn(2, 4)
     >>> on = [z > 0 for z in record(net, x).pre]
     >>> chain_vjp(net, on, 1, torch.eye(3)[[0, 2]]).shape

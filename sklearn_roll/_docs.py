@@ -47,6 +47,38 @@ _PARAMETERS = {
             the index of the output (None for a single output).""",
 }
 
+_PARAMETERS["window_parameters"] = """
+        estimator : ROLLClassifier or ROLLRegressor
+            Fitted on 2 features.
+        xlim, ylim : tuple of float
+            The window.
+        resolution : int, default=300
+            Grid points per axis.
+        ax : matplotlib Axes or None, default=None
+            Where to draw; None creates a new figure."""
+
+# Parameter lists of whole families of functions.
+_PARAMETERS["margin_parameters"] = "\n".join(
+    _PARAMETERS[name] for name in ("estimator", "X", "p", "precision", "batch_size", "progress")
+)
+_PARAMETERS["radius_parameters"] = "\n".join(
+    _PARAMETERS[name] for name in ("classifier", "X", "p", "precision", "batch_size", "progress")
+)
+
+# The setup of most examples: a small classifier fitted on iris in a fraction of a second.
+_PARAMETERS["fitted_iris"] = """
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn_roll import ROLLClassifier
+    >>> X, y = load_iris(return_X_y=True)
+    >>> clf = ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0).fit(X, y)"""
+
+# The setup of the plotting examples: a small classifier on two half moons.
+_PARAMETERS["fitted_moons"] = """
+    >>> from sklearn.datasets import make_moons
+    >>> from sklearn_roll import ROLLClassifier
+    >>> X, y = make_moons(60, noise=0.1, random_state=0)
+    >>> clf = ROLLClassifier(hidden_layer_sizes=(8,), max_epochs=5, random_state=0).fit(X, y)"""
+
 _PLACEHOLDER = re.compile(r"^( *)%\((\w+)\)s$", re.M)
 
 

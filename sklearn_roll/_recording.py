@@ -26,7 +26,22 @@ __all__ = ["UnsupportedOperationError", "first_output", "frozen_slopes", "run", 
 
 
 class UnsupportedOperationError(ValueError):
-    """Raised when a module uses an operation the certificates cannot model."""
+    """Raised when a module uses an operation the certificates cannot model.
+
+    The message names the operation, the layer that applied it, and what to use
+    instead.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from sklearn_roll.linearize import UnsupportedOperationError, check_supported
+    >>> try:
+    ...     check_supported(nn.Sequential(nn.Linear(2, 2), nn.Tanh()), torch.zeros(1, 2))
+    ... except UnsupportedOperationError as error:
+    ...     print(str(error)[:44])
+    Unsupported operation 'tanh' in layer '1' (T
+    """
 
 
 _UNIT_MASK: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar(

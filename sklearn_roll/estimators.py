@@ -29,6 +29,7 @@ from torch import nn
 
 from . import regions
 from ._adapter import Network
+from ._docs import fill_doc
 from ._evaluation import check_parameters, forward
 from ._sklearn_compat import SkorchSklearnMixin
 from ._validation import check_input
@@ -260,6 +261,12 @@ class _ROLLMixin(SkorchSklearnMixin):
             super().partial_fit(x, y, **fit_params)
         return self
 
+    def _fit_input(self, X, y, reset: bool) -> np.ndarray:
+        """Validated training input as float32 (sizes set from it when ``reset``)."""
+        x, _ = check_input(self, X, reset=reset)
+        self._check_y_given(y)
+        return self._float32(x, "X")
+
     # --------------------------------------------------------------- predicting
 
     def _convert(self, X):
@@ -332,6 +339,7 @@ class _ROLLMixin(SkorchSklearnMixin):
 
     # ------------------------------------------------------------ certificates
 
+    @fill_doc
     def certified_margin(self, X, p=2, *, precision="float32", batch_size=None, progress=False):
         """Certified l_p margin of each sample's linear region.
 
@@ -339,18 +347,11 @@ class _ROLLMixin(SkorchSklearnMixin):
 
         Parameters
         ----------
-        X : array-like
-            Samples.
-        p : {1, 2, np.inf}, default=2
-            Order of the ball.
-        precision : {"float32", "float64"}, default="float32"
-            Arithmetic of the certificate; a float32 margin never exceeds the
-            float64 one and lies within a factor ``(1 - FLOAT32_RTOL) / (1 +
-            FLOAT32_RTOL)`` below it.
-        batch_size : int or None, default=None
-            Samples per batch; None keeps the tangent tensors near 64 MiB.
-        progress : bool, default=False
-            Show a tqdm progress bar over the batches.
+        %(X)s
+        %(p)s
+        %(precision)s
+        %(batch_size)s
+        %(progress)s
 
         Returns
         -------
@@ -360,6 +361,7 @@ class _ROLLMixin(SkorchSklearnMixin):
             self, X, p, precision=precision, batch_size=batch_size, progress=progress
         )
 
+    @fill_doc
     def explain(self, X, target=None, *, precision="float32", batch_size=None, progress=False):
         """Exact input gradient of the target's logit (or of the output).
 
@@ -367,17 +369,12 @@ class _ROLLMixin(SkorchSklearnMixin):
 
         Parameters
         ----------
-        X : array-like
-            Samples.
-        target : label, array-like of labels, int or None, default=None
-            Classifier: class label(s), None for the predicted class. Regressor:
-            output index, None for a single output.
+        %(X)s
+        %(target)s
         precision : {"float32", "float64"}, default="float32"
             Arithmetic of the gradient.
-        batch_size : int or None, default=None
-            Samples per backward pass; None keeps the memory near 64 MiB.
-        progress : bool, default=False
-            Show a tqdm progress bar over the batches.
+        %(batch_size)s
+        %(progress)s
 
         Returns
         -------
@@ -544,9 +541,7 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
     _default_criterion = torch.nn.CrossEntropyLoss
 
     def _fit_data(self, X, y, reset, classes=None):
-        x, _ = check_input(self, X, reset=reset)
-        x = self._float32(x, "X")
-        self._check_y_given(y)
+        x = self._fit_input(X, y, reset)
         y = column_or_1d(y, warn=True)
         check_consistent_length(x, y)
         check_classification_targets(y)
@@ -568,13 +563,13 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
             )
         return x, np.searchsorted(known, y).astype(np.int64)
 
+    @fill_doc
     def predict_proba(self, X):
         """Class probabilities (softmax of the logits).
 
         Parameters
         ----------
-        X : array-like
-            Samples.
+        %(X)s
 
         Returns
         -------
@@ -582,13 +577,13 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
         """
         return self._forward(X)
 
+    @fill_doc
     def predict(self, X):
         """Predicted class labels.
 
         Parameters
         ----------
-        X : array-like
-            Samples.
+        %(X)s
 
         Returns
         -------
@@ -646,9 +641,7 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
     _default_criterion = torch.nn.MSELoss
 
     def _fit_data(self, X, y, reset, classes=None):
-        x, _ = check_input(self, X, reset=reset)
-        x = self._float32(x, "X")
-        self._check_y_given(y)
+        x = self._fit_input(X, y, reset)
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         check_consistent_length(x, y)
         if y.ndim > 2:
@@ -663,13 +656,13 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
             )
         return x, self._float32(y2, "y")
 
+    @fill_doc
     def predict(self, X):
         """Predicted targets.
 
         Parameters
         ----------
-        X : array-like
-            Samples.
+        %(X)s
 
         Returns
         -------

@@ -64,6 +64,13 @@ def float64_copy(module: nn.Module) -> nn.Module:
     Returns
     -------
     nn.Module
+
+    Examples
+    --------
+    >>> from sklearn_roll.linearize import float64_copy
+    >>> from sklearn_roll.nn import MLP
+    >>> next(float64_copy(MLP(3, 2)).parameters()).dtype
+    torch.float64
     """
     return copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
 
@@ -175,6 +182,13 @@ def check_supported(module: nn.Module, x: Tensor) -> None:
         The network to check.
     x : Tensor of shape (n, ...)
         A few inputs in the layout the module expects.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.linearize import check_supported
+    >>> from sklearn_roll.nn import MLP
+    >>> check_supported(MLP(3, 2), torch.zeros(1, 3))  # a Linear / ReLU chain: fine
     """
     if linear_chain(module) is not None and x.dim() == 2:
         return
@@ -197,6 +211,15 @@ def tangent_count(module: nn.Module, x: Tensor, tangents: Tangents) -> int:
     Returns
     -------
     int
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.linearize import tangent_count
+    >>> from sklearn_roll.nn import MLP
+    >>> x = torch.zeros(1, 784)
+    >>> tangent_count(MLP(784, 10, hidden_layer_sizes=(300,)), x, "l2")  # the row space
+    300
     """
     if isinstance(tangents, AxisTangents):
         return tangents.indices.shape[0]

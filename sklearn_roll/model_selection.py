@@ -41,19 +41,37 @@ def _column(cv_results: dict, name: str, role: str) -> np.ndarray:
     return np.asarray(cv_results[key], dtype=np.float64)
 
 
-class _BestMarginWithin:
-    """Refit rule: the largest mean margin among candidates within ``tolerance`` of the best score."""
+_REFERENCES = ("best", "plain")
 
-    def __init__(self, tolerance: float, score: str, margin: str) -> None:
+
+class _BestMarginWithin:
+    """Refit rule: the largest mean margin among candidates within ``tolerance`` of a score."""
+
+    def __init__(self, tolerance: float, score: str, margin: str, reference: str) -> None:
         if (
             not isinstance(tolerance, numbers.Real)
             or isinstance(tolerance, bool)
             or not tolerance >= 0
         ):
             raise ValueError(f"tolerance must be a non-negative number, got {tolerance!r}.")
+        if reference not in _REFERENCES:
+            raise ValueError(f"reference must be one of {_REFERENCES}, got {reference!r}.")
         self.tolerance = tolerance
         self.score = score
         self.margin = margin
+        self.reference = reference
+
+    def _reference_score(self, cv_results: dict, scores: np.ndarray, valid: np.ndarray) -> float:
+        if self.reference == "best":
+            return scores[valid].max()
+        params = list(cv_results.get("params", []))
+        plain = _plain_candidate(params, scores)
+        if plain is None or not valid[plain]:
+            raise ValueError(
+                "reference='plain' needs a candidate with lam=0 (plain training) whose "
+                f"{self.score!r} and {self.margin!r} are not NaN; add lam=0 to the grid."
+            )
+        return scores[plain]
 
     def __call__(self, cv_results: dict) -> int:
         scores = _column(cv_results, self.score, "score")
@@ -64,7 +82,7 @@ class _BestMarginWithin:
                 f"Every candidate has a NaN mean {self.score!r} or {self.margin!r}: "
                 "all fits or scorings failed."
             )
-        best = scores[valid].max()
+        best = self._reference_score(cv_results, scores, valid)
         eligible = valid & (scores >= best - self.tolerance - _SLACK)
         # Largest margin first, then the higher score, then the first candidate.
         order = np.lexsort((-scores, -margins))
@@ -73,20 +91,26 @@ class _BestMarginWithin:
     def __repr__(self) -> str:
         return (
             f"best_margin_within(tolerance={self.tolerance!r}, score={self.score!r}, "
-            f"margin={self.margin!r})"
+            f"margin={self.margin!r}, reference={self.reference!r})"
         )
 
 
 def best_margin_within(
-    tolerance: float = 0.01, score: str = "accuracy", margin: str = "margin"
+    tolerance: float = 0.01,
+    score: str = "accuracy",
+    margin: str = "margin",
+    *,
+    reference: str = "best",
 ) -> Callable[[dict], int]:
     """Refit rule: largest mean margin among candidates that keep the score.
 
-    Among the candidates whose mean test ``score`` is at least the best mean test
-    ``score`` minus ``tolerance``, choose the one with the largest mean test
-    ``margin`` (ties: the higher score, then the first candidate). With accuracy and
-    ``tolerance=0.01`` this is the paper's rule: the same accuracy or one point lower.
-    Candidates whose score or margin is NaN (failed fits) are skipped.
+    Among the candidates whose mean test ``score`` is at least the reference score
+    minus ``tolerance``, choose the one with the largest mean test ``margin`` (ties:
+    the higher score, then the first candidate). The reference is the best mean test
+    score, or with ``reference="plain"`` that of plain training (the candidate with
+    ``lam == 0``), which with accuracy and ``tolerance=0.01`` is the paper's rule:
+    the same accuracy as the plain network, or one point lower. Candidates whose
+    score or margin is NaN (failed fits) are skipped.
 
     Parameters
     ----------
@@ -98,6 +122,9 @@ def best_margin_within(
     margin : str, default="margin"
         Name of the margin scorer in ``scoring`` (see
         :func:`sklearn_roll.metrics.margin_scorer`).
+    reference : {"best", "plain"}, default="best"
+        Whose score the tolerance is measured from: the best candidate's, or the
+        plain network's (``lam == 0``, read from ``cv_results["params"]``).
 
     Returns
     -------
@@ -114,7 +141,16 @@ def best_margin_within(
     >>> rule({"mean_test_accuracy": [0.97, 0.965, 0.95], "mean_test_margin": [1.0, 3.0, 9.0]})
     1
     """
-    return _BestMarginWithin(tolerance, score, margin)
+    return _BestMarginWithin(tolerance, score, margin, reference)
+
+
+def _plain_candidate(params: list[dict], scores: np.ndarray) -> int | None:
+    """The candidate with ``lam == 0`` (if several, the best scoring), or None."""
+    lam = _lam_key(params)
+    plain = [i for i, c in enumerate(params) if lam is not None and c.get(lam) == 0]
+    if not plain:
+        return None
+    return max(plain, key=lambda i: (np.nan_to_num(scores[i], nan=-np.inf), -i))
 
 
 def _lam_key(params: list[dict]) -> str | None:
@@ -198,10 +234,8 @@ def tradeoff_table(
     }
     columns[f"mean_test_{score}"] = scores.tolist()
     columns[f"mean_test_{margin}"] = margins.tolist()
-    lam = _lam_key(params)
-    plain = [i for i, c in enumerate(params) if lam is not None and c.get(lam) == 0]
-    if plain:
-        base = max(plain, key=lambda i: (np.nan_to_num(scores[i], nan=-np.inf), -i))
+    base = _plain_candidate(params, scores)
+    if base is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             columns["ratio_to_lam0"] = (margins / margins[base]).tolist()
     chosen = getattr(search, "best_index_", None)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ._adapter import network_of
+from ._docs import fill_doc
 from ._margins import dual_order
 from .regions import certified_margin
 
@@ -33,6 +34,7 @@ def _margin_block(block: np.ndarray, estimator: Any, p: float, kwargs: dict) -> 
     return certified_margin(estimator, block, p, **kwargs)
 
 
+@fill_doc
 def certified_margin_dask(estimator: Any, X: Any, p: float = 2, **kwargs: Any) -> Any:
     """Certified l_p margins of a dask array, computed lazily block by block.
 
@@ -67,11 +69,8 @@ def certified_margin_dask(estimator: Any, X: Any, p: float = 2, **kwargs: Any) -
     Examples
     --------
     >>> import dask.array as da
-    >>> from sklearn.datasets import load_iris
-    >>> from sklearn_roll import ROLLClassifier
     >>> from sklearn_roll.parallel import certified_margin_dask
-    >>> X, y = load_iris(return_X_y=True)
-    >>> clf = ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0).fit(X, y)
+    %(fitted_iris)s
     >>> margins = certified_margin_dask(clf, da.from_array(X, chunks=50))
     >>> margins.compute().shape
     (150,)

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ._docs import fill_doc
+
 __all__ = [
     "plot_certified_balls",
     "plot_decision_surface",
@@ -91,6 +93,7 @@ def _grid(xlim: tuple[float, float], ylim: tuple[float, float], resolution: int)
     return gx, gy, np.c_[gx.ravel(), gy.ravel()]
 
 
+@fill_doc
 def plot_linear_regions(
     estimator: Any,
     xlim: tuple[float, float],
@@ -104,20 +107,19 @@ def plot_linear_regions(
 
     Parameters
     ----------
-    estimator : ROLLClassifier or ROLLRegressor
-        Fitted on 2 features.
-    xlim, ylim : tuple of float
-        The window.
-    resolution : int, default=300
-        Grid points per axis.
-    ax : matplotlib Axes or None, default=None
-        Where to draw; None creates a new figure.
+    %(window_parameters)s
     cmap : str, default="tab20"
         Colour map cycled over the regions.
 
     Returns
     -------
     matplotlib Axes
+
+    Examples
+    --------
+    %(fitted_moons)s
+    >>> from sklearn_roll.plotting import plot_linear_regions
+    >>> ax = plot_linear_regions(clf, (-1.5, 2.5), (-1, 1.5), resolution=50)
     """
     from .regions import activation_patterns
 
@@ -132,6 +134,7 @@ def plot_linear_regions(
     return ax
 
 
+@fill_doc
 def plot_decision_surface(
     estimator: Any,
     xlim: tuple[float, float],
@@ -145,20 +148,19 @@ def plot_decision_surface(
 
     Parameters
     ----------
-    estimator : ROLLClassifier or ROLLRegressor
-        Fitted on 2 features.
-    xlim, ylim : tuple of float
-        The window.
-    resolution : int, default=300
-        Grid points per axis.
-    ax : matplotlib Axes or None, default=None
-        Where to draw; None creates a new figure.
+    %(window_parameters)s
     cmap : str, default="RdBu"
         Colour map.
 
     Returns
     -------
     matplotlib Axes
+
+    Examples
+    --------
+    %(fitted_moons)s
+    >>> from sklearn_roll.plotting import plot_decision_surface
+    >>> ax = plot_decision_surface(clf, (-1.5, 2.5), (-1, 1.5), resolution=50)
     """
     ax = _axes(ax, (4, 4))
     gx, gy, points = _grid(xlim, ylim, resolution)
@@ -171,6 +173,7 @@ def plot_decision_surface(
     return ax
 
 
+@fill_doc
 def plot_certified_balls(
     estimator: Any, X: np.ndarray, *, ax: Any = None, color: str = "k", **kwargs: Any
 ) -> Any:
@@ -192,6 +195,12 @@ def plot_certified_balls(
     Returns
     -------
     matplotlib Axes
+
+    Examples
+    --------
+    %(fitted_moons)s
+    >>> from sklearn_roll.plotting import plot_certified_balls
+    >>> ax = plot_certified_balls(clf, X[:10])
     """
     from matplotlib.patches import Circle
 
@@ -206,6 +215,7 @@ def plot_certified_balls(
     return ax
 
 
+@fill_doc
 def plot_gradients(
     estimator: Any, X: np.ndarray, *, target: Any = None, ax: Any = None, scale: float | None = None
 ) -> Any:
@@ -227,6 +237,12 @@ def plot_gradients(
     Returns
     -------
     matplotlib Axes
+
+    Examples
+    --------
+    %(fitted_moons)s
+    >>> from sklearn_roll.plotting import plot_gradients
+    >>> ax = plot_gradients(clf, X[:10])
     """
     from .regions import explain
 
@@ -236,6 +252,7 @@ def plot_gradients(
     return ax
 
 
+@fill_doc
 def plot_stability_bounds(
     sequence: np.ndarray,
     lower: np.ndarray,
@@ -266,6 +283,13 @@ def plot_stability_bounds(
     Returns
     -------
     matplotlib Axes
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_roll.plotting import plot_stability_bounds
+    >>> x = np.sin(np.linspace(0, 3, 20))[:, None]
+    >>> ax = plot_stability_bounds(x, -0.1 * np.ones_like(x), 0.2 * np.ones_like(x))
     """
     ax = _axes(ax, (7, 3.5))
     channels = list(range(sequence.shape[1])) if channels is None else channels

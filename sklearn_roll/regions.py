@@ -135,12 +135,7 @@ def certified_margin(
 
     Parameters
     ----------
-    %(estimator)s
-    %(X)s
-    %(p)s
-    %(precision)s
-    %(batch_size)s
-    %(progress)s
+    %(margin_parameters)s
 
     Returns
     -------
@@ -148,11 +143,8 @@ def certified_margin(
 
     Examples
     --------
-    >>> from sklearn.datasets import load_iris
-    >>> from sklearn_roll import ROLLClassifier
     >>> from sklearn_roll.regions import certified_margin
-    >>> X, y = load_iris(return_X_y=True)
-    >>> clf = ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0).fit(X, y)
+    %(fitted_iris)s
     >>> certified_margin(clf, X[:3]).shape
     (3,)
     """
@@ -180,12 +172,7 @@ def certified_radius(
 
     Parameters
     ----------
-    %(classifier)s
-    %(X)s
-    %(p)s
-    %(precision)s
-    %(batch_size)s
-    %(progress)s
+    %(radius_parameters)s
 
     Returns
     -------
@@ -193,11 +180,8 @@ def certified_radius(
 
     Examples
     --------
-    >>> from sklearn.datasets import load_iris
-    >>> from sklearn_roll import ROLLClassifier
     >>> from sklearn_roll.regions import certified_margin, certified_radius
-    >>> X, y = load_iris(return_X_y=True)
-    >>> clf = ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0).fit(X, y)
+    %(fitted_iris)s
     >>> bool((certified_radius(clf, X[:3]) <= certified_margin(clf, X[:3])).all())
     True
     """
@@ -243,11 +227,8 @@ def directional_margin(
     Examples
     --------
     >>> import numpy as np
-    >>> from sklearn.datasets import load_iris
-    >>> from sklearn_roll import ROLLClassifier
     >>> from sklearn_roll.regions import directional_margin
-    >>> X, y = load_iris(return_X_y=True)
-    >>> clf = ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0).fit(X, y)
+    %(fitted_iris)s
     >>> directional_margin(clf, X[:3], np.array([1.0, 0.0, 0.0, 0.0])).shape
     (3,)
     """
@@ -324,11 +305,8 @@ def stability_bounds(
 
     Examples
     --------
-    >>> from sklearn.datasets import load_iris
-    >>> from sklearn_roll import ROLLClassifier
     >>> from sklearn_roll.regions import stability_bounds
-    >>> X, y = load_iris(return_X_y=True)
-    >>> clf = ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0).fit(X, y)
+    %(fitted_iris)s
     >>> lower, upper = stability_bounds(clf, X[:3])
     >>> bool((lower <= 0).all() and (upper >= 0).all())
     True
@@ -414,11 +392,8 @@ def explain(
 
     Examples
     --------
-    >>> from sklearn.datasets import load_iris
-    >>> from sklearn_roll import ROLLClassifier
     >>> from sklearn_roll.regions import explain
-    >>> X, y = load_iris(return_X_y=True)
-    >>> clf = ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0).fit(X, y)
+    %(fitted_iris)s
     >>> explain(clf, X[:3], target=0).shape
     (3, 4)
     """
@@ -454,11 +429,8 @@ def activation_patterns(estimator: Any, X: Any, *, precision: str = "float32") -
 
     Examples
     --------
-    >>> from sklearn.datasets import load_iris
-    >>> from sklearn_roll import ROLLClassifier
     >>> from sklearn_roll.regions import activation_patterns
-    >>> X, y = load_iris(return_X_y=True)
-    >>> clf = ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0).fit(X, y)
+    %(fitted_iris)s
     >>> activation_patterns(clf, X[:3]).shape
     (3, 16)
     """
@@ -494,11 +466,8 @@ def count_linear_regions(estimator: Any, X: Any, *, progress: bool = False) -> t
 
     Examples
     --------
-    >>> from sklearn.datasets import load_iris
-    >>> from sklearn_roll import ROLLClassifier
     >>> from sklearn_roll.regions import count_linear_regions
-    >>> X, y = load_iris(return_X_y=True)
-    >>> clf = ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0).fit(X, y)
+    %(fitted_iris)s
     >>> upper, lower = count_linear_regions(clf, X)
     >>> lower <= upper
     True

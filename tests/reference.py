@@ -33,18 +33,29 @@ def preactivations(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, li
     return out, [z.reshape(z.shape[0], -1) for z in captured]
 
 
-def unit_gradients(module: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-activations (n, U) and their input gradients (n, U, D), one backward per unit."""
-    module = copy.deepcopy(module).double().eval()
-    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+def unit_jacobian(
+    module: nn.Module, x: torch.Tensor, units=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-activations (n, U) and input gradients (n, U, D), one backward per unit.
+
+    In the module's own precision; with ``units``, only those (column indices).
+    """
+    xt = x.detach().clone().requires_grad_(True)
     _, pre = preactivations(module, xt)
     z = torch.cat(pre, dim=1) if pre else xt.new_zeros(len(xt), 0)
-    n, units = z.shape
-    grads = np.zeros((n, units, int(np.prod(x.shape[1:]))))
-    for u in range(units):
+    chosen = range(z.shape[1]) if units is None else units
+    grads = torch.zeros(len(xt), len(chosen), x[0].numel(), dtype=x.dtype)
+    for i, u in enumerate(chosen):
         (g,) = torch.autograd.grad(z[:, u].sum(), xt, retain_graph=True)
-        grads[:, u] = g.reshape(n, -1).numpy()
-    return z.detach().numpy(), grads
+        grads[:, i] = g.reshape(len(xt), -1)
+    return z.detach()[:, list(chosen)], grads
+
+
+def unit_gradients(module: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-activations (n, U) and their input gradients (n, U, D) in float64, by autograd."""
+    module = copy.deepcopy(module).double().eval()
+    z, grads = unit_jacobian(module, torch.tensor(x, dtype=torch.float64))
+    return z.numpy(), grads.numpy()
 
 
 def output_gradients(module: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ def cnn(images):
     return clf.fit(X, y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("p, q", [(1, np.inf), (2, 2), (np.inf, 1)])
 def test_cnn_margin_equals_per_unit_autograd(cnn, images, p, q):
     X = images[0][:4]
@@ -88,6 +89,7 @@ class ResidualUserNet(nn.Module):
         return self.head(self.pool(h).flatten(1))
 
 
+@pytest.mark.slow
 def test_user_residual_module_trains_and_certifies(images):
     X, y = images
     clf = ROLLClassifier(ResidualUserNet, lam=0.5, max_epochs=2, random_state=0).fit(X, y)

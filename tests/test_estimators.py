@@ -98,6 +98,7 @@ def test_loss_adds_the_penalty_in_training_and_under_no_grad(fitted_wine, wine):
     assert np.isfinite(clf.history[-1, "valid_loss"]) and 0 <= clf.history[-1, "valid_acc"] <= 1
 
 
+@pytest.mark.slow
 def test_roll_enlarges_margins_on_digits(digits):
     X, y = digits
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)

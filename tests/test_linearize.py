@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modules import Residual
 from reference import output_gradients, unit_gradients
 from sklearn_roll.linearize import (
     UnsupportedOperationError,
@@ -17,24 +18,7 @@ from sklearn_roll.linearize import (
 from sklearn_roll.nn import MLP
 
 
-class ResidualNet(nn.Module):
-    """Not a plain chain: takes the general (forward-mode) path."""
-
-    def __init__(self, d=6, width=7, k=3):
-        super().__init__()
-        self.inp = nn.Linear(d, width)
-        self.act1 = nn.LeakyReLU(0.1)
-        self.block = nn.Linear(width, width)
-        self.act2 = nn.ReLU()
-        self.out = nn.Linear(width, k)
-
-    def forward(self, x):
-        h = self.act1(self.inp(x))
-        h = h + self.act2(self.block(h))
-        return self.out(h)
-
-
-class FunctionalResidualNet(ResidualNet):
+class FunctionalResidualNet(Residual):
     """The same network written with F.relu / F.leaky_relu calls."""
 
     def forward(self, x):
@@ -60,7 +44,7 @@ def _stack(lin):
     [
         lambda: MLP(6, 3, (8, 5, 4)),
         lambda: MLP(6, 3, (8, 5), activation="leaky_relu", negative_slope=0.2),
-        lambda: ResidualNet(),
+        lambda: Residual(width=7),
     ],
     ids=["mlp-relu", "mlp-leaky", "residual"],
 )
@@ -92,8 +76,8 @@ def test_l2_basis_preserves_norms_and_inner_products(rng):
 
 def test_functional_calls_are_recorded_like_modules(rng):
     torch.manual_seed(0)
-    a = ResidualNet().double()
-    b = FunctionalResidualNet().double()
+    a = Residual(width=7).double()
+    b = FunctionalResidualNet(width=7).double()
     b.load_state_dict(a.state_dict())
     x = torch.tensor(rng.randn(4, 6))
     la, lb = linearize(a, x), linearize(b, x)
@@ -122,7 +106,7 @@ def test_chain_and_general_paths_agree(rng):
 
 def test_explicit_tangents_give_directional_derivatives(rng):
     torch.manual_seed(0)
-    module = ResidualNet().double()
+    module = Residual(width=7).double()
     x = rng.randn(3, 6)
     v = rng.randn(2, 3, 6)
     _, g_ref = unit_gradients(module, x)

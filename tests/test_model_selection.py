@@ -89,8 +89,24 @@ def test_the_rule_on_known_results():
     with pytest.raises(ValueError, match="tolerance"):
         best_margin_within(-0.1)
     assert repr(best_margin_within()) == (
-        "best_margin_within(tolerance=0.01, score='accuracy', margin='margin')"
+        "best_margin_within(tolerance=0.01, score='accuracy', margin='margin', reference='best')"
     )
+
+
+def test_the_papers_rule_measures_from_plain_training():
+    results = {
+        "params": [{"lam": 0.0}, {"lam": 1.0}, {"lam": 2.0}, {"lam": 4.0}],
+        "mean_test_accuracy": [0.95, 0.97, 0.945, 0.935],
+        "mean_test_margin": [1.0, 2.0, 5.0, 9.0],
+    }
+    # From the best (0.97), 0.945 is out of reach; from plain training (0.95) it is not.
+    assert best_margin_within(0.01)(results) == 1
+    assert best_margin_within(0.01, reference="plain")(results) == 2
+    assert best_margin_within(0.02, reference="plain")(results) == 3
+    with pytest.raises(ValueError, match="needs a candidate with lam=0"):
+        best_margin_within(reference="plain")({**results, "params": [{"lam": 1.0}] * 4})
+    with pytest.raises(ValueError, match="reference must be one of"):
+        best_margin_within(reference="vanilla")
 
 
 def test_a_search_without_the_margin_scorer_fails_clearly(raw_iris):

@@ -56,6 +56,7 @@ def _search():
     )
 
 
+@pytest.mark.slow
 def test_cluster_search_equals_loky_search(client, raw_wine):
     X, y = raw_wine
     with parallel_backend("loky"):
@@ -73,6 +74,7 @@ def test_cluster_search_equals_loky_search(client, raw_wine):
     np.testing.assert_array_equal(remote.predict_proba(X), local.predict_proba(X))
 
 
+@pytest.mark.slow
 def test_n_threads_controls_torch_inside_a_worker(client, raw_wine):
     X, y = raw_wine
 

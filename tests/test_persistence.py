@@ -195,6 +195,7 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_same_random_state_is_bit_identical_across_processes(wine):
     X, y = wine
     clf = ROLLClassifier(**SMALL).fit(X, y)

@@ -21,8 +21,8 @@ from sklearn.preprocessing import (
     RobustScaler,
     StandardScaler,
 )
-from torch import nn
 
+from modules import Residual
 from reference import ball_points, margins, output_gradients, pattern, unit_gradients
 from sklearn_roll import ROLLClassifier, certified_margin, explain
 from sklearn_roll._affine import affine_map
@@ -39,22 +39,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 P_AND_Q = [(1, np.inf), (2, 2), (np.inf, 1)]
 SMALL = dict(hidden_layer_sizes=(16,), lam=0.5, max_epochs=5, random_state=0)
-
-
-class Residual(nn.Module):
-    """A user module that is not a Linear chain: the folded network gets an input layer."""
-
-    def __init__(self, n_features, n_outputs, width=12):
-        super().__init__()
-        self.inp = nn.Linear(n_features, width)
-        self.act = nn.LeakyReLU(0.1)
-        self.block = nn.Linear(width, width)
-        self.act2 = nn.ReLU()
-        self.out = nn.Linear(width, n_outputs)
-
-    def forward(self, x):
-        h = self.act(self.inp(x))
-        return self.out(h + self.act2(self.block(h)))
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ P_VALUES = (1, 2, np.inf)
 SLOPES = st.one_of(st.sampled_from([0.0, 0.0, 0.01, 0.1, 0.5, 1.0]), st.floats(0.0, 1.0))
 # Inside the ball: far enough from its surface that float64 rounding of the
 # pattern at the sampled points cannot blur the comparison.
-INSIDE = 1 - 1e-6
+SAFELY_INSIDE = 1 - 1e-6
 # Balls this small relative to |x| are below what float64 can place points in
 # (x + step rounds the step by 1e-16 |x|) or evaluate the pattern at.
 RESOLVABLE = 1e-8
@@ -42,7 +42,7 @@ def _activation(slope):
     return nn.ReLU() if slope == 0 else nn.LeakyReLU(slope)
 
 
-class Residual(nn.Module):
+class RandomResidual(nn.Module):
     """A user module with optional skip connections: not a chain, so the general path."""
 
     def __init__(self, n_features, width, slopes, skips, n_outputs):
@@ -81,7 +81,7 @@ def networks(draw, max_exponent=3.0, slopes=SLOPES):
         depth = draw(st.integers(1, 3))
         layer_slopes = draw(st.lists(slopes, min_size=depth, max_size=depth))
         skips = draw(st.lists(st.booleans(), min_size=depth - 1, max_size=depth - 1))
-        module = Residual(n_features, draw(st.integers(1, 8)), layer_slopes, skips, n_outputs)
+        module = RandomResidual(n_features, draw(st.integers(1, 8)), layer_slopes, skips, n_outputs)
     exponents = st.floats(-max_exponent, max_exponent)
     with torch.no_grad():
         for layer in module.modules():
@@ -153,6 +153,7 @@ def inputs(draw, module, min_offset):
     return x
 
 
+@pytest.mark.slow
 @settings(
     max_examples=3 * settings.default.max_examples,
     deadline=None,
@@ -254,6 +255,7 @@ def _pattern(module, points):
     return torch.cat(lin.pre, dim=1).numpy() > 0, lin.output.numpy()
 
 
+@pytest.mark.slow
 @settings(
     max_examples=settings.default.max_examples,
     deadline=None,
@@ -284,7 +286,7 @@ def test_float64_balls_keep_the_pattern_and_the_prediction(data):
         for i in np.flatnonzero((margin > scale) & (margin < np.inf)):
             steps = _ball_steps(p, n_features, z[i], g[i], rng)
             owner += [i] * len(steps)
-            points.append(x[i] + steps * margin[i] * INSIDE)
+            points.append(x[i] + steps * margin[i] * SAFELY_INSIDE)
             if out_grad.shape[1] > 1 and scale[i] < radius[i] < np.inf:
                 # The worst case for each class: straight towards the tie.
                 ties = out_grad[i, predicted[i]] - out_grad[i]
@@ -297,7 +299,7 @@ def test_float64_balls_keep_the_pattern_and_the_prediction(data):
                     ties = np.zeros((0, n_features))
                 steps = np.concatenate([steps, ties])
                 owner_tie += [i] * len(steps)
-                tie_points.append(x[i] + steps * radius[i] * INSIDE)
+                tie_points.append(x[i] + steps * radius[i] * SAFELY_INSIDE)
         if points:
             inside, _ = _pattern(exact, np.concatenate(points))
             assert (inside == base[owner]).all(), (p, margin)
@@ -381,7 +383,7 @@ def test_frozen_patterns_reproduce_the_float64_region(chain):
     layers = [nn.Linear(3, 5), nn.LeakyReLU(0.2), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)]
     module = nn.Sequential(*layers).eval()
     if not chain:
-        module = Residual(3, 5, [0.2, 0.0], [True], 2).eval()
+        module = RandomResidual(3, 5, [0.2, 0.0], [True], 2).eval()
     x = torch.randn(6, 3, dtype=torch.float64)
     flipped = [~(z > 0) for z in record(float64_copy(module), x).pre]
     with torch.no_grad():

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from modules import Residual
 from reference import INSIDE, ball_points, margins, output_gradients, pattern, unit_gradients
 from sklearn_roll import ROLLClassifier, ROLLRegressor, certified_margin
 from sklearn_roll.regions import (
@@ -20,28 +21,17 @@ from sklearn_roll.regions import (
 P_AND_Q = [(1, np.inf), (2, 2), (np.inf, 1)]
 
 
-class UserResNet(nn.Module):
-    """A user module with a residual link and LeakyReLU: the general path."""
-
-    def __init__(self, n_features, n_outputs, width=24):
-        super().__init__()
-        self.inp = nn.Linear(n_features, width)
-        self.act = nn.LeakyReLU(0.1)
-        self.block = nn.Linear(width, width)
-        self.act2 = nn.ReLU()
-        self.out = nn.Linear(width, n_outputs)
-
-    def forward(self, x):
-        h = self.act(self.inp(x))
-        return self.out(h + self.act2(self.block(h)))
-
-
 @pytest.fixture(scope="module", params=["mlp", "user"])
 def model(request, wine):
     X, y = wine
-    module = "mlp" if request.param == "mlp" else UserResNet
+    module = "mlp" if request.param == "mlp" else Residual
     clf = ROLLClassifier(
-        module, hidden_layer_sizes=(24, 24), lam=0.5, max_epochs=15, random_state=0
+        module,
+        hidden_layer_sizes=(24, 24),
+        lam=0.5,
+        max_epochs=15,
+        random_state=0,
+        **({} if module == "mlp" else {"module__width": 24}),
     )
     return clf.fit(X, y), X[:12]
 

@@ -168,6 +168,7 @@ def test_elman_rnn_without_estimator_reads_the_last_valid_step():
     assert torch.equal(rnn(x), rnn(padded))
 
 
+@pytest.mark.slow
 def test_japanese_vowels_smoke():
     pytest.importorskip("sktime", reason="sktime ships the Japanese Vowels data")
     from sklearn_roll.datasets import load_japanese_vowels

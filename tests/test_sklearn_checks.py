@@ -1,5 +1,6 @@
 """scikit-learn's estimator checks on both estimators."""
 
+import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_roll import ROLLClassifier, ROLLRegressor
@@ -8,6 +9,8 @@ from sklearn_roll import ROLLClassifier, ROLLRegressor
 FAST = dict(hidden_layer_sizes=(32,), max_epochs=30, lr=1e-2, batch_size=32, random_state=0)
 
 EXPECTED_FAILURES: dict = {}
+
+pytestmark = pytest.mark.slow
 
 
 @parametrize_with_checks(

@@ -22,6 +22,13 @@ class ResidualBlock(nn.Module):
         Activation.
     negative_slope : float, default=0.01
         Slope below zero of the LeakyReLU.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.nn import ResidualBlock
+    >>> ResidualBlock(3, 8, stride=2)(torch.randn(2, 3, 8, 8)).shape
+    torch.Size([2, 8, 4, 4])
     """
 
     def __init__(

@@ -94,14 +94,22 @@ class CayleyLinear(nn.Module):
     """A bias-free linear map whose matrix is orthogonal: the Cayley map of a skew matrix.
 
     ``weight = (I + A)^-1 (I - A)`` with ``A = U - U^T`` for ``U`` the strict upper
-    triangle of the learned matrix, so ``weight`` stays orthogonal during training. Written out rather than with
-    ``torch.nn.utils.parametrizations.orthogonal`` because torch refuses to pickle
-    parametrized modules, and estimators must pickle.
+    triangle of the learned matrix, so ``weight`` stays orthogonal during training.
+    Written out rather than with ``torch.nn.utils.parametrizations.orthogonal``
+    because torch refuses to pickle parametrized modules, and estimators must pickle.
 
     Parameters
     ----------
     size : int
         Input and output dimension.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.nn import CayleyLinear
+    >>> w = CayleyLinear(4).weight
+    >>> torch.allclose(w @ w.T, torch.eye(4), atol=1e-6)
+    True
     """
 
     def __init__(self, size: int) -> None:
