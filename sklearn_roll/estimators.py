@@ -72,6 +72,18 @@ class _ROLLMixin(SkorchSklearnMixin):
         "verbose": ["verbose"],
     }
 
+    # What fit learns from the data besides the tensors, each set or not: the module is
+    # rebuilt from these, so sklearn_roll.persistence saves and restores them.
+    _fitted_attributes = (
+        "classes_inferred_",
+        "n_outputs_",
+        "y_ndim_",
+        "n_features_in_",
+        "feature_names_in_",
+        "input_kind_",
+        "image_shape_",
+    )
+
     def __init__(
         self,
         module="mlp",
@@ -337,6 +349,82 @@ class _ROLLMixin(SkorchSklearnMixin):
             )
         return out
 
+    # ------------------------------------------------------------ persistence
+
+    def save(self, path):
+        """Save the fitted estimator to a file that loading runs no code from.
+
+        See :func:`sklearn_roll.persistence.save`: a safetensors file with the
+        tensors and a JSON description of the rest. Share models this way, not
+        with pickle or joblib.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Where to write; an existing file is replaced.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from sklearn.datasets import load_iris
+        >>> from sklearn_roll import ROLLClassifier
+        >>> X, y = load_iris(return_X_y=True)
+        >>> clf = ROLLClassifier(hidden_layer_sizes=(8,), max_epochs=2, random_state=0)
+        >>> clf = clf.fit(X, y)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     clf.save(Path(tmp) / "iris.safetensors")
+        ...     restored = ROLLClassifier.load(Path(tmp) / "iris.safetensors")
+        >>> bool((restored.predict_proba(X) == clf.predict_proba(X)).all())
+        True
+        """
+        from . import persistence  # imported here: persistence imports this module
+
+        persistence.save(self, path)
+
+    @classmethod
+    def load(cls, path, *, allowed_modules=()):
+        """Rebuild an estimator of this class from a file written by :meth:`save`.
+
+        See :func:`sklearn_roll.persistence.load`: nothing in the file is executed,
+        and a class it names (your module class, a custom optimizer) is used only
+        if torch provides it (optimizers, losses) or ``allowed_modules`` names it.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by :meth:`save`.
+        allowed_modules : class, str or iterable of them, default=()
+            Classes the file may name beyond torch's optimizers and losses, as the
+            class or its import path ``"package.module:ClassName"``.
+
+        Returns
+        -------
+        estimator : instance of this class
+            Fitted, with its optimizer state and history.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from sklearn.datasets import load_diabetes
+        >>> from sklearn.preprocessing import scale
+        >>> from sklearn_roll import ROLLRegressor
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> X, y = scale(X), scale(y)
+        >>> reg = ROLLRegressor(hidden_layer_sizes=(8,), max_epochs=2, random_state=0)
+        >>> reg = reg.fit(X, y)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     reg.save(Path(tmp) / "diabetes.safetensors")
+        ...     restored = ROLLRegressor.load(Path(tmp) / "diabetes.safetensors")
+        >>> np.array_equal(restored.explain(X), reg.explain(X))
+        True
+        """
+        from . import persistence
+
+        return persistence._load(path, allowed_modules, expected=cls)
+
     # ------------------------------------------------------------ certificates
 
     @fill_doc
@@ -479,22 +567,19 @@ _FITTED_DOC = """
 _NOTES_DOC = """
     Notes
     -----
-    Saving and loading: ``pickle`` and ``joblib`` keep the whole estimator. A net
-    pickled with ``device="cuda"`` unpickles on a machine without a GPU with
-    ``device="cpu"`` (skorch maps the tensors and warns). skorch's ``save_params``
-    stores tensors only (module, optimizer, history), not the data-derived
-    attributes (``classes_``, ``n_features_in_``, ``feature_names_in_``, ...) that
-    size the module, so a bare ``initialize()`` cannot rebuild it. Rebuild it from
-    one sample with zero epochs, then load (a regressor needs no ``classes``)::
-
-        clf.save_params(f_params="model.pt", f_optimizer="opt.pt", f_history="h.json")
-        restored = clone(clf).set_params(max_epochs=0, classes=clf.classes_)
-        restored.fit(X[:1], y[:1])  # sizes from the data, no training
-        restored.load_params(f_params="model.pt", f_optimizer="opt.pt", f_history="h.json")
-        restored.set_params(max_epochs=clf.max_epochs)
-
-    ``restored`` then predicts, certifies and explains bit-identically, and
-    ``partial_fit`` continues training where ``clf`` stopped.
+    Saving and loading: ``est.save(path)`` and ``ROLLClassifier.load(path)`` /
+    ``ROLLRegressor.load(path)`` (see :mod:`sklearn_roll.persistence`) write and read
+    a safetensors file: the tensors, and a JSON description of the parameters,
+    fitted attributes, history and optimizer state. Loading runs no code from the
+    file, and a user module class is used only if passed in ``allowed_modules``; the
+    loaded estimator predicts, certifies and explains bit-identically, and
+    ``partial_fit`` continues training where the saved one stopped. This is the
+    format to share models in. ``pickle`` and ``joblib`` also keep the whole
+    estimator, but unpickling runs whatever code the file names: use them only for
+    in-process copies and your own files (``clone``, joblib workers, caches), never
+    for files from elsewhere. A net pickled with ``device="cuda"`` unpickles on a
+    machine without a GPU with ``device="cpu"`` (skorch maps the tensors and warns),
+    and ``load`` does the same.
 """
 
 

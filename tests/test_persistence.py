@@ -1,10 +1,10 @@
 """Saved models give bit-identical answers after loading; fits are reproducible.
 
 ``test_estimators.py`` already round-trips a fitted classifier through pickle and
-joblib; here: skorch's ``save_params`` / ``load_params`` with the documented
-zero-epoch restore, regressors and sequence models, nets and parameter files
-recorded on a GPU device loaded on a CPU-only machine, and determinism within and
-across processes.
+joblib, and ``test_safe_persistence.py`` tests ``save`` / ``load``; here: skorch's
+``save_params`` / ``load_params``, which store tensors only, with a zero-epoch
+restore, regressors and sequence models, nets and parameter files recorded on a GPU
+device loaded on a CPU-only machine, and determinism within and across processes.
 """
 
 import contextlib
@@ -87,7 +87,7 @@ def test_save_params_restore_from_zero_epochs(fitted, tmp_path):
         f_history=tmp_path / "history.json",
     )
     est.save_params(**files)
-    # The recipe of the estimators' docstring.
+    # skorch's files hold no fitted attributes: a zero-epoch fit sizes the module.
     restored = clone(est).set_params(max_epochs=0)
     if hasattr(est, "classes_"):
         restored.set_params(classes=est.classes_)
