@@ -423,7 +423,7 @@ class _ROLLMixin(SkorchSklearnMixin):
         """
         from . import persistence
 
-        return persistence._load(path, allowed_modules, expected=cls)
+        return persistence.load(path, allowed_modules=allowed_modules, estimator_class=cls)
 
     # ------------------------------------------------------------ certificates
 

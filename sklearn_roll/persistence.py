@@ -312,7 +312,10 @@ def _encode_optimizer(optimizer: torch.optim.Optimizer, tensors: dict) -> dict:
 
 
 def load(
-    path: str | os.PathLike, *, allowed_modules: Iterable[type | str] | type | str = ()
+    path: str | os.PathLike,
+    *,
+    allowed_modules: Iterable[type | str] | type | str = (),
+    estimator_class: type | None = None,
 ) -> ROLLClassifier | ROLLRegressor:
     """Rebuild the estimator that :func:`save` wrote, running no code from the file.
 
@@ -325,6 +328,8 @@ def load(
         module docstring): your module class, a custom optimizer, ..., as the class
         itself or its import path ``"package.module:ClassName"``. Only paths named
         here are imported.
+    estimator_class : {ROLLClassifier, ROLLRegressor} or None, default=None
+        Refuse a file that holds the other one; None takes what the file holds.
 
     Returns
     -------
@@ -362,20 +367,11 @@ def load(
     >>> bool((restored.certified_margin(X) == reg.certified_margin(X)).all())
     True
     """
-    return _load(path, allowed_modules)
-
-
-def _load(
-    path: str | os.PathLike,
-    allowed_modules: Iterable[type | str] | type | str,
-    expected: type | None = None,
-) -> ROLLClassifier | ROLLRegressor:
-    """:func:`load`, refusing a file that holds another class than ``expected``."""
     allowed = _allowed(allowed_modules)
     data = _read(path)
     try:
         description = _description(_header(data))
-        cls = _estimator_class(description["estimator"], expected)
+        cls = _estimator_class(description["estimator"], estimator_class)
         _check_versions(description["versions"])
         reader = _Reader(_tensors(data, description["tensors"]), allowed)
         estimator = _rebuild(cls, description, reader)
