@@ -104,9 +104,9 @@ class View:
         """The float64 network, in eval mode."""
         return float64_copy(self.module) if self.module64 is None else self.module64
 
-    def evaluator(self, precision: str) -> Evaluator:
-        """The certificates of this network at ``x``."""
-        return Evaluator(self.module, self.x, precision, exact=self.module64)
+    def evaluator(self, precision: str, features: np.ndarray | None = None) -> Evaluator:
+        """The certificates of this network at ``x`` (in the subspace of ``features``)."""
+        return Evaluator(self.module, self.x, precision, exact=self.module64, features=features)
 
 
 def network_of(estimator: Any) -> Network:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ._chain import linear_chain
-from ._linearization import Linearization
+from ._linearization import AxisTangents, Linearization
 from ._margins import (
     Block,
     axis_bounds,
@@ -199,15 +199,25 @@ class Evaluator:
     exact : nn.Module or None, default=None
         The float64 network when ``module`` was derived from it (a pipeline's network
         folded with its preprocessing); None for a float64 copy of ``module``.
+    features : ndarray of int or None, default=None
+        The input coordinates (flat indices into one sample) that may move, the
+        others held fixed: l_p balls and stability bounds in that subspace. None for
+        all coordinates.
     """
 
     def __init__(
-        self, module: nn.Module, x: np.ndarray, precision: str, exact: nn.Module | None = None
+        self,
+        module: nn.Module,
+        x: np.ndarray,
+        precision: str,
+        exact: nn.Module | None = None,
+        features: np.ndarray | None = None,
     ) -> None:
         check_precision(precision)
         check_parameters(module)
         self.module = module
         self.x = x
+        self.features = None if features is None else torch.as_tensor(features, dtype=torch.int64)
         self.exact = float64_copy(module) if exact is None else exact
         self.chain = linear_chain(self.exact) if x.ndim == 2 else None
         self.bounded = float32_bounded(precision, self.chain, module)
@@ -234,9 +244,15 @@ class Evaluator:
     ) -> np.ndarray:
         """l_p margins, or with ``decision`` robust radii, of every sample."""
         q = dual_order(p)
-        bounded = Float32Chain(self.module, self.exact, self.chain, p) if self.bounded else None
+        bounded = (
+            Float32Chain(self.module, self.exact, self.chain, p, self.features)
+            if self.bounded
+            else None
+        )
         if bounded is not None:
             k, work = bounded.k, self.module
+        elif self.features is not None:
+            tangents, k, work = self._feature_axes, len(self.features), self.exact
         else:
             tangents = "l2" if p == 2 else "basis"
             probe = torch.from_numpy(self.x[:1]).double()
@@ -250,7 +266,8 @@ class Evaluator:
                     blocks = bounded.blocks(torch.from_numpy(self.x[rows]).float(), exact, decision)
                 else:
                     xb = torch.from_numpy(self.x[rows]).double()
-                    lin = linearize(self.exact, xb, tangents, norm_reducer(p))
+                    t = tangents(len(xb)) if callable(tangents) else tangents
+                    lin = linearize(self.exact, xb, t, norm_reducer(p))
                     blocks = [
                         Block(z.abs(), norm, counted)
                         for z, norm, counted in zip(exact.pre, lin.pre_tangents, lin.counted)
@@ -265,8 +282,16 @@ class Evaluator:
                 out[rows] = value.numpy()
         return out
 
+    def _feature_axes(self, n: int) -> AxisTangents:
+        """The moving coordinates as tangents, the same for each of n examples."""
+        return AxisTangents(self.features[:, None].expand(-1, n).contiguous())
+
     def _linearized(
-        self, tangents: str | Callable[[slice], Tensor], k: int, requested: int | None, progress
+        self,
+        tangents: str | Callable[[int, slice], Tensor | AxisTangents],
+        k: int,
+        requested: int | None,
+        progress,
     ) -> Iterator[tuple[slice, Linearization, Linearization]]:
         """(rows, float64 linearization, float64 record) batch by batch."""
         size = batch_size(self.exact, self.x, requested, k)
@@ -274,7 +299,7 @@ class Evaluator:
             for rows in batches(len(self.x), size, progress):
                 exact = self.record(rows)
                 xb = torch.from_numpy(self.x[rows]).double()
-                t = tangents(rows) if callable(tangents) else tangents
+                t = tangents(len(xb), rows) if callable(tangents) else tangents
                 yield rows, linearize(self.exact, xb, t), exact
 
     def directional(
@@ -283,7 +308,7 @@ class Evaluator:
         """Distance from every sample along its direction (one per sample) to the boundary."""
         out = np.empty(len(self.x))
 
-        def tangent(rows: slice) -> Tensor:
+        def tangent(n: int, rows: slice) -> Tensor:
             return torch.from_numpy(directions[rows]).double()[None]
 
         for rows, lin, exact in self._linearized(tangent, 1, requested, progress):
@@ -294,16 +319,21 @@ class Evaluator:
     def axis_bounds(
         self, requested: int | None, progress: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Per-coordinate stability bounds of every sample, shaped like the points."""
-        lower = np.empty(self.x.shape)
-        upper = np.empty(self.x.shape)
-        d = math.prod(self.x.shape[1:])
-        for rows, lin, exact in self._linearized("basis", d, requested, progress):
-            n = len(exact.output)
-            lo, up = axis_bounds((n, d), exact.pre, lin.pre_tangents, lin.counted)
-            lower[rows] = lo.reshape(lower[rows].shape).numpy()
-            upper[rows] = up.reshape(upper[rows].shape).numpy()
-        return lower, upper
+        """Per-coordinate stability bounds of every sample, shaped like the points.
+
+        With ``features``, NaN at the coordinates held fixed.
+        """
+        n, d = len(self.x), math.prod(self.x.shape[1:])
+        lower = np.full((n, d), np.nan)
+        upper = np.full((n, d), np.nan)
+        moving = np.arange(d) if self.features is None else self.features.numpy()
+        tangents = "basis" if self.features is None else lambda n, rows: self._feature_axes(n)
+        for rows, lin, exact in self._linearized(tangents, len(moving), requested, progress):
+            shape = (len(exact.output), len(moving))
+            lo, up = axis_bounds(shape, exact.pre, lin.pre_tangents, lin.counted)
+            lower[rows, moving] = lo.numpy()
+            upper[rows, moving] = up.numpy()
+        return lower.reshape(self.x.shape), upper.reshape(self.x.shape)
 
 
 def _input_gradient(module: nn.Module, x: Tensor, picked: np.ndarray | None) -> Tensor:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._chain import Chain, chain_vjp
-from ._linearization import Linearization
+from ._linearization import AxisTangents, Linearization
 from ._margins import Block, decision_terms, dual_order, min_ratio, norm_reducer, ratios
 from ._recording import frozen_slopes
 from .linearize import linearize
@@ -229,13 +229,23 @@ class Float32Chain:
         ``linear_chain(exact)``.
     p : {1, 2, np.inf}
         Order of the ball.
+    features : Tensor of int64 or None, default=None
+        The input coordinates that may move; None for all.
     """
 
-    def __init__(self, module: nn.Module, exact: nn.Module, chain: Chain, p: float) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        exact: nn.Module,
+        chain: Chain,
+        p: float,
+        features: Tensor | None = None,
+    ) -> None:
         self.module = module
         self.exact = exact
         self.chain = chain
         self.p = p
+        self.features = features
         self.q = dual_order(p)
         self.absolute = [linear.weight.detach().abs() for linear, _ in chain]
         self.first, self._tangents, self.k = self._first_layer()
@@ -244,6 +254,14 @@ class Float32Chain:
         """First-layer error bounds (per unit), tangents for n examples, tangents per row."""
         weight = self.chain[0][0].weight.detach()
         width, d = weight.shape
+        if self.features is not None:
+            # Columns of the first weight matrix, selected: exact.
+            k = len(self.features)
+
+            def axes(n: int) -> AxisTangents:
+                return AxisTangents(self.features[:, None].expand(-1, n).contiguous())
+
+            return torch.zeros(width, dtype=torch.float64), axes, k
         if self.p != 2 or d <= width:
             # Columns of the first weight matrix: exact.
             return torch.zeros(width, dtype=torch.float64), lambda n: "basis", d

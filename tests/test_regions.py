@@ -8,6 +8,7 @@ from torch import nn
 from modules import Residual
 from reference import INSIDE, ball_points, margins, output_gradients, pattern, unit_gradients
 from sklearn_roll import ROLLClassifier, ROLLRegressor, certified_margin
+from sklearn_roll._evaluation import Evaluator
 from sklearn_roll.regions import (
     FLOAT32_RTOL,
     activation_patterns,
@@ -260,3 +261,25 @@ def test_certificates_need_a_fitted_roll_estimator(wine):
     with pytest.raises(TypeError, match="not a sklearn-roll estimator"):
         certified_margin(LogisticRegression().fit(X, y), X)
     assert torch.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("p, q", P_AND_Q)
+def test_margins_in_a_feature_subspace_equal_per_unit_autograd(model, p, q, precision):
+    """With the other coordinates held fixed, the margin is min |z_u| / ||(g_u)_F||_q."""
+    clf, X = model
+    features = np.array([0, 3, 7])
+    z, g = unit_gradients(_module64(clf), X)
+    expected = margins(z, g[:, :, features], q)
+    module = clf.module_.eval()
+    evaluator = Evaluator(module, X, precision, features=features)
+    got = evaluator.margins(p, None, decision=False)
+    rtol = 1e-9 if precision == "float64" else 10 * FLOAT32_RTOL
+    assert np.all(got <= expected * (1 + 1e-12))
+    np.testing.assert_allclose(got, expected, rtol=rtol)
+    lower, upper = Evaluator(module, X, "float64", features=features).axis_bounds(None)
+    full_lower, full_upper = stability_bounds(clf, X)
+    fixed = np.setdiff1d(np.arange(X.shape[1]), features)
+    assert np.isnan(lower[:, fixed]).all() and np.isnan(upper[:, fixed]).all()
+    np.testing.assert_allclose(lower[:, features], full_lower[:, features], rtol=1e-12)
+    np.testing.assert_allclose(upper[:, features], full_upper[:, features], rtol=1e-12)
