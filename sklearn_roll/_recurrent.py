@@ -357,8 +357,9 @@ def causal_linearize(
         Sequences, trailing all-NaN steps padding the shorter ones.
     reduce : callable or None, default=None
         Applied to each block of unit gradients, shaped (n, H_l, T*C), as soon as
-        it is computed; ``pre_tangents`` then holds the results, and only one
-        block is alive at a time besides the tangent state.
+        it is computed (step by step: every layer at step 0, then at step 1, ...);
+        ``pre_tangents`` then holds the results in block order, and only one block
+        is alive at a time besides the tangent state.
     patterns : list of Tensor of bool, shape (n, H_l), or None, default=None
         The activation pattern to freeze, one tensor per block; None takes the
         module's own.
