@@ -19,9 +19,9 @@ All three follow the conventions of :func:`~sklearn_roll.linearize.record` and
 blocks, layer 0 at steps ``0 .. T-1``, then layer 1 at steps ``0 .. T-1``, and so on,
 each block of shape (n, H_l); units at padded steps (all-NaN trailing rows of ``x``)
 are reported but marked as not counted; ``patterns`` freezes a given activation
-pattern; pre-activations and outputs are the module's own forward values. Everything
-is differentiable with respect to the parameters, with the slopes as constants, and
-runs in the module's dtype.
+pattern; pre-activations and outputs are the module's own forward values. All run in
+the module's dtype; the Gram recurrence and the directional derivatives are
+differentiable with respect to the parameters, with the slopes as constants.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .linearize import Linearization
@@ -345,9 +344,11 @@ def causal_linearize(
     Gives what ``linearize(module, x, "basis", reduce, patterns=patterns)`` gives,
     but the tangents of the input at step ``s`` (its C axes) start at step ``s``:
     at step ``t`` only the ``(t + 1) C`` axes of steps ``0 .. t`` are carried, each
-    layer a matrix product over all sequences and tangents. That is half the
+    layer one matrix product over all sequences and tangents. That is half the
     arithmetic of pushing all ``T C`` axes through all steps, with
-    O(T C sum_l H_l) tangent state per sequence.
+    O(T C sum_l H_l) tangent state per sequence. The results carry no autograd
+    graph (the tangents live in buffers updated in place); the gradients of l2
+    norms with respect to the parameters come from :func:`gram_recurrence`.
 
     Parameters
     ----------
@@ -358,8 +359,9 @@ def causal_linearize(
     reduce : callable or None, default=None
         Applied to each block of unit gradients, shaped (n, H_l, T*C), as soon as
         it is computed (step by step: every layer at step 0, then at step 1, ...);
-        ``pre_tangents`` then holds the results in block order, and only one block
-        is alive at a time besides the tangent state.
+        ``pre_tangents`` then holds the results in block order. The block is a
+        buffer that the next step overwrites: ``reduce`` must not return it or a
+        view of it. Only one block is alive at a time besides the tangent state.
     patterns : list of Tensor of bool, shape (n, H_l), or None, default=None
         The activation pattern to freeze, one tensor per block; None takes the
         module's own.
@@ -381,34 +383,37 @@ def causal_linearize(
     >>> lin.pre_tangents[0].shape, lin.output_tangents.shape
     (torch.Size([5, 4, 18]), torch.Size([5, 2, 18]))
     """
-    run = _unroll(module, x, patterns)
-    n, T, C = x.shape
-    blocks: list[Tensor] = [run.output.new_empty(0)] * len(run.pre)
-    # Tangent states in the layout (units, n, tangents), so that each layer is one
-    # matrix product W @ S over all sequences; after step t they span steps 0 .. t.
-    states = [run.output.new_zeros(w.shape[0], n, 0) for w in run.recurrent]
-    for t in range(T):
-        keep = run.valid[None, :, t, None]
-        for layer, (V, W) in enumerate(zip(run.inputs, run.recurrent)):
-            carried = _apply(W, states[layer])
-            if layer == 0:
-                # x_t enters here, through its own C new axes (zero at a padded step).
-                fresh = torch.where(keep, V[:, None, :], 0.0)
-                z = torch.cat([carried, fresh], dim=2)
-            else:
-                z = _apply(V, states[layer - 1]) + F.pad(carried, (0, C))
-            block = F.pad(z.permute(1, 0, 2), (0, (T - t - 1) * C))
-            blocks[layer * T + t] = block if reduce is None else reduce(block)
-            d = run.slopes[layer * T + t].T[:, :, None]
-            states[layer] = torch.where(keep, d * z, F.pad(states[layer], (0, C)))
-    output_tangents = _apply(run.readout, states[-1]).permute(1, 0, 2)
-    return run.linearization(blocks, output_tangents)
-
-
-def _apply(W: Tensor, S: Tensor) -> Tensor:
-    """``W`` applied to every tangent of ``S`` (units, n, k): one matrix product."""
-    units, n, k = S.shape
-    return (W @ S.reshape(units, n * k)).reshape(W.shape[0], n, k)
+    with torch.no_grad():
+        run = _unroll(module, x, patterns)
+        n, T, C = x.shape
+        blocks: list[Tensor] = [run.output.new_empty(0)] * len(run.pre)
+        # Per layer, the tangents of its state and of its pre-activations, in the
+        # layout (n, units, T*C) of the blocks, so that a block is handed to
+        # ``reduce`` as it lies (norms of strided views are several times slower).
+        # The axes of steps 0 .. t are a prefix, into which the products write in
+        # place: fresh temporaries of a growing size would cost a page fault per
+        # page, more than the products themselves.
+        states = [run.output.new_zeros(n, w.shape[0], T * C) for w in run.recurrent]
+        spare = [torch.zeros_like(s) for s in states]
+        for t in range(T):
+            keep = run.valid[:, t, None, None]
+            old, new = t * C, (t + 1) * C
+            for layer, (V, W) in enumerate(zip(run.inputs, run.recurrent)):
+                z = spare[layer]
+                if layer == 0:
+                    torch.matmul(W, states[0][:, :, :old], out=z[:, :, :old])
+                    # x_t enters here, through its own C new axes (zero at a padded step).
+                    z[:, :, old:new] = torch.where(keep, V, 0.0)
+                else:
+                    torch.matmul(V, states[layer - 1][:, :, :new], out=z[:, :, :new])
+                    z[:, :, :old].baddbmm_(W.expand(n, -1, -1), states[layer][:, :, :old])
+                blocks[layer * T + t] = z.clone() if reduce is None else reduce(z)
+                # The new state, D z (the old one at a padded step), replaces z in its
+                # buffer, and the old state's buffer takes the next step's z.
+                live = z[:, :, :new].mul_(run.slopes[layer * T + t][:, :, None])
+                torch.where(keep, live, states[layer][:, :, :new], out=live)
+                states[layer], spare[layer] = z, states[layer]
+        return run.linearization(blocks, run.readout @ states[-1])
 
 
 def directional_linearize(

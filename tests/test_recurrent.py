@@ -215,17 +215,27 @@ def test_parameter_gradients_equal_those_through_linearize(name):
     lin = linearize(module, x, "basis")
     expected = gradients(lin, [(g**2).sum(dim=2) for g in lin.pre_tangents], _gram(lin))
     gram = gram_recurrence(module, x)
-    causal = causal_linearize(module, x)
-    for got in (
-        gradients(gram, gram.grad_sq, gram.output_gram),
-        gradients(causal, [(g**2).sum(dim=2) for g in causal.pre_tangents], _gram(causal)),
-    ):
-        for a, b in zip(got, expected):
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * b.abs().max().item())
+    for a, b in zip(gradients(gram, gram.grad_sq, gram.output_gram), expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * b.abs().max().item())
 
 
 def _gram(lin):
     return lin.output_tangents @ lin.output_tangents.mT
+
+
+def test_directional_derivatives_are_differentiable():
+    module, x, *_ = _case(IDS.index("4x3-leaky_relu0.1-cayley"), False)
+    direction = torch.ones_like(x).masked_fill(torch.isnan(x), 0.0)
+    # With the slopes constant, derivatives do not depend on the biases.
+    params = [p for name, p in module.named_parameters() if not name.endswith("bias")]
+
+    def gradients(lin):
+        loss = sum((g**2).sum() for g in lin.pre_tangents) + (lin.output_tangents**2).sum()
+        return torch.autograd.grad(loss, params)
+
+    expected = gradients(linearize(module, x, direction[None]))
+    for a, b in zip(gradients(directional_linearize(module, x, direction)), expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * b.abs().max().item())
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["own-pattern", "given-pattern"])
