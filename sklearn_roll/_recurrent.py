@@ -66,14 +66,15 @@ class RecurrentGram:
     grad_sq : list of Tensor of shape (n, H_l)
         ``||g_u||_2^2``, the squared l2 norm of each unit's gradient over the whole
         input, padded steps included (their units are reported, not counted).
-        With ``absolute=True``: the same quantity for the gradient of the network
-        whose weights and slopes are replaced by their absolute values, an upper
-        bound on the sum of squares of the entrywise absolute gradient.
+        With ``absolute=True``: ``||a_u||_2^2`` for the gradient ``a_u`` of the
+        network whose matrices and slopes are replaced by their absolute values;
+        ``a_u >= |g_u|`` entrywise, so this bounds ``||g_u||_2^2`` from above.
     output_gram : Tensor of shape (n, K, K)
         ``J J^T`` for the output's input Jacobian ``J`` (n, K, T*C), so that
         ``||grad f_i - grad f_k||_2^2 = (e_i - e_k)^T G (e_i - e_k)``. With
-        ``absolute=True``: the Gram matrix of the Jacobian of the absolute-valued
-        network, an entrywise upper bound on ``|J| |J|^T`` and hence on ``|J J^T|``.
+        ``absolute=True``: ``A A^T`` for the Jacobian ``A >= |J|`` of the
+        absolute-valued network, an entrywise upper bound on ``|J| |J|^T`` and
+        hence on ``|J J^T|``.
     """
 
     output: Tensor
@@ -277,6 +278,10 @@ def gram_recurrence(
     gram = [[run.output.new_zeros(n, a, b) for b in sizes] for a in sizes]
     drive_gram = V[0] @ V[0].T
     grad_sq: list[Tensor] = [run.output.new_empty(0)] * len(run.pre)
+    # Without autograd the diagonals go into storage allocated up front: small
+    # tensors allocated between a step's large temporaries fragment the heap, which
+    # then grows by about one temporary per step (over 10x the memory at T = 400).
+    storage = [run.output.new_empty(T, n, size) for size in sizes]
     for t in range(T):
         keep = run.valid[:, t, None, None]
         for layer in range(len(W)):
@@ -291,7 +296,12 @@ def gram_recurrence(
                     for below, own in zip(gram[layer - 1], gram[layer])
                 ]
                 z_gram = rows[layer - 1] @ V[layer].T + rows[layer] @ W[layer].T
-            grad_sq[block] = z_gram.diagonal(dim1=1, dim2=2).clone()
+            diagonal = z_gram.diagonal(dim1=1, dim2=2)
+            if diagonal.requires_grad:
+                # A view would keep all of z_gram alive for the backward pass.
+                grad_sq[block] = diagonal.clone()
+            else:
+                grad_sq[block] = storage[layer][t].copy_(diagonal)
             _replace_state(gram, layer, rows, z_gram, magnitude(run.slopes[block]), keep)
     readout = magnitude(run.readout)
     return RecurrentGram(
@@ -316,7 +326,7 @@ def _replace_state(
     slopes: Tensor,
     keep: Tensor,
 ) -> None:
-    """Replace layer l's state by ``D z`` in the joint Gram matrix (kept where padded).
+    """Replace the state of ``layer`` by ``D z`` in the joint Gram matrix (not where padded).
 
     ``rows[k]`` holds the cross Gram block of ``z`` with layer k's current state and
     ``z_gram`` that of ``z`` with itself.
