@@ -60,7 +60,9 @@ def _l1(block: torch.Tensor) -> torch.Tensor:
 
 
 def _squared(block: torch.Tensor) -> torch.Tensor:
-    return (block**2).sum(dim=2)
+    # Not (block**2).sum(2): a full-size temporary per step costs more than the
+    # products (page faults) and fragments the heap.
+    return torch.linalg.vector_norm(block, dim=2).square()
 
 
 def per_step_l1(module: ElmanRNN, x: torch.Tensor) -> list[torch.Tensor]:

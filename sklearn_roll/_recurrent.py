@@ -289,7 +289,9 @@ def gram_recurrence(
             if layer == 0:
                 # x_t has Gram I and no cross terms with the states of step t-1.
                 rows = [W[0] @ g for g in gram[0]]
-                z_gram = rows[0] @ W[0].T + torch.where(keep, drive_gram, 0.0)
+                # One fused product: every temporary fragments the heap under autograd.
+                drive = torch.where(keep, drive_gram, 0.0)
+                z_gram = torch.baddbmm(drive, rows[0], W[0].T.expand(n, -1, -1))
             else:
                 rows = [
                     V[layer] @ below + W[layer] @ own
