@@ -13,6 +13,10 @@ and 5 classes, 32 full-length sequences of T in {29, 100, 400} steps:
   ROLL penalty (gamma = 100, C = 1) from the Gram recurrence, against the same step
   with ``roll_penalty`` as it is today, and against plain cross-entropy.
 
+The general path (``linearize``, hence ``roll_penalty``) needs memory like T^2 per
+sequence, so it runs over chunks of sequences of at most 2 GiB, as the certificates
+batch their samples.
+
 Each measurement runs in a fresh subprocess, which warms up on a tiny slice, then
 reports the best of up to three runs (one when a run takes over a second) and the peak resident memory over what it
 held before (VmHWM reset through ``/proc/self/clear_refs`` on Linux, else
@@ -50,6 +54,7 @@ SEED = 0
 HIDDEN, CHANNELS, CLASSES, SEQUENCES = 64, 6, 5, 32
 ROLL_C, LAM = 1.0, 1.0
 MAX_SECONDS, MAX_BYTES = 60.0, 4 * 2**30
+CHUNK_BYTES = 2 * 2**30
 MIB = 2**20
 # Cotangent memory per chunk of the reverse-mode baseline.
 REVERSE_CHUNK_BYTES = 2**27
@@ -159,20 +164,33 @@ class Method:
     dtype: torch.dtype = torch.float64
     quadratic: bool = True  # cost grows like T^2 (so it may be skipped)
     chosen: bool = False
+    # Memory grows like T^2 per sequence: run over chunks of sequences, as the
+    # certificates do, so that a chunk stays within CHUNK_BYTES.
+    chunked: bool = False
 
 
 L2, FULL, TRAIN = "l2 norms", "full gradients (l1)", "training step"
 METHODS = [
     Method(L2, "gram recurrence", _no_grad(gram_recurrence), quadratic=False, chosen=True),
-    Method(L2, "linearize basis", _no_grad(lambda m, x: linearize(m, x, "basis", _squared))),
+    Method(
+        L2,
+        "linearize basis",
+        _no_grad(lambda m, x: linearize(m, x, "basis", _squared)),
+        chunked=True,
+    ),
     Method(L2, "causal, reduced", _no_grad(lambda m, x: causal_linearize(m, x, _squared))),
     Method(FULL, "causal", _no_grad(lambda m, x: causal_linearize(m, x, _l1)), chosen=True),
-    Method(FULL, "linearize basis", _no_grad(lambda m, x: linearize(m, x, "basis", _l1))),
+    Method(
+        FULL,
+        "linearize basis",
+        _no_grad(lambda m, x: linearize(m, x, "basis", _l1)),
+        chunked=True,
+    ),
     Method(FULL, "per input step", _no_grad(per_step_l1)),
     Method(FULL, "reverse per unit", lambda m, x, y: reverse_l1(m, x)),
     Method(TRAIN, "gram exact loss", _train_gram, torch.float32, False, chosen=True),
     Method(TRAIN, "plain", _train_plain, torch.float32, False),
-    Method(TRAIN, "roll_penalty today", _train_general, torch.float32),
+    Method(TRAIN, "roll_penalty today", _train_general, torch.float32, chunked=True),
 ]
 
 
@@ -195,10 +213,15 @@ def _status(field: str) -> int | None:
     return None
 
 
-def measure(index: int, steps: int, n: int) -> dict:
-    """Time one method on one length in this process (the child's job)."""
+def measure(index: int, steps: int, n: int, chunk: int) -> dict:
+    """Time one method on one length in this process (the child's job).
+
+    The n sequences go through the method ``chunk`` at a time (a training step
+    accumulates the chunks' gradients).
+    """
     method = METHODS[index]
     module, x, y = _data(steps, n, method.dtype)
+    chunks = [slice(i, i + chunk) for i in range(0, n, chunk)]
     # One tiny call first, so that one-time costs of torch (torch.func's start-up,
     # lazy allocations) are charged to no length.
     method.run(module, x[:2, :2], y[:2])
@@ -212,7 +235,8 @@ def measure(index: int, steps: int, n: int) -> dict:
     while not times or (len(times) < 3 and max(times) < 1.0):
         module.zero_grad()
         start = time.perf_counter()
-        method.run(module, x, y)
+        for rows in chunks:
+            method.run(module, x[rows], y[rows])
         times.append(time.perf_counter() - start)
     peak = _status("VmHWM") if reset else None
     if peak is None:
@@ -221,10 +245,10 @@ def measure(index: int, steps: int, n: int) -> dict:
     return {"seconds": min(times), "extra_bytes": peak - before, "peak_since_start": reset}
 
 
-def run_child(index: int, steps: int, n: int, threads: int) -> dict:
+def run_child(index: int, steps: int, n: int, chunk: int, threads: int) -> dict:
     """One measurement in a fresh interpreter."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", *map(str, (index, steps, n, threads))],
+        [sys.executable, __file__, "--child", *map(str, (index, steps, n, chunk, threads))],
         capture_output=True,
         text=True,
         check=True,
@@ -242,11 +266,24 @@ def check_penalty(steps: int) -> float:
     return float((ours - today).abs() / today.abs())
 
 
-def _estimate(previous: dict | None, steps: int) -> tuple[float, float] | None:
-    if previous is None:
-        return None
+def _plan(method: Method, previous: dict | None, steps: int, n: int) -> dict:
+    """Sequences per call and, from the previous length, estimated seconds and bytes.
+
+    Costs of a quadratic method scale like T^2 from the previous length, and its
+    memory per sequence too.
+    """
+    if previous is None or not method.quadratic:
+        return {"chunk": n}
     scale = (steps / previous["steps"]) ** 2
-    return previous["seconds"] * scale, previous["extra_bytes"] * scale
+    per_sequence = previous["extra_bytes"] / previous["chunk"] * scale
+    chunk = n
+    if method.chunked:
+        chunk = int(min(n, max(1, CHUNK_BYTES // per_sequence)))
+    return {
+        "chunk": chunk,
+        "est_seconds": previous["seconds"] * scale,
+        "est_bytes": per_sequence * chunk,
+    }
 
 
 def main(quick: bool, threads: int) -> None:
@@ -259,11 +296,11 @@ def main(quick: bool, threads: int) -> None:
         for steps in lengths:
             row = {"task": method.task, "method": method.name, "steps": steps}
             row["chosen"] = method.chosen
-            estimate = _estimate(previous, steps) if method.quadratic else None
-            if estimate and (estimate[0] > MAX_SECONDS or estimate[1] > MAX_BYTES):
-                row.update(skipped=True, est_seconds=estimate[0], est_bytes=estimate[1])
+            row.update(_plan(method, previous, steps, n))
+            if row.get("est_seconds", 0) > MAX_SECONDS or row.get("est_bytes", 0) > MAX_BYTES:
+                row["skipped"] = True
             else:
-                row.update(run_child(index, steps, n, threads), skipped=False)
+                row.update(run_child(index, steps, n, row["chunk"], threads), skipped=False)
                 previous = row
             results.append(row)
             print(row, flush=True)
@@ -287,12 +324,13 @@ def main(quick: bool, threads: int) -> None:
         vs_plain = ""
         if r["task"] == TRAIN and not r["skipped"]:
             vs_plain = f"{r['seconds'] / plain[r['steps']]['seconds']:.3g}x"
-        rows.append([r["task"], r["steps"], r["method"], *cells, vs_plain])
+        rows.append([r["task"], r["steps"], r["method"], r["chunk"], *cells, vs_plain])
     table = markdown_table(
         [
             "task",
             "T",
             "method",
+            "sequences per call",
             "seconds",
             "time / chosen method",
             "peak extra memory (MiB)",
@@ -323,9 +361,9 @@ def main(quick: bool, threads: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        index, steps, n, threads = map(int, sys.argv[2:6])
+        index, steps, n, chunk, threads = map(int, sys.argv[2:7])
         torch.set_num_threads(threads)
-        print(json.dumps(measure(index, steps, n)))
+        print(json.dumps(measure(index, steps, n, chunk)))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--quick", action="store_true", help="reduced run")
