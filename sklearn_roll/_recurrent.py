@@ -280,7 +280,7 @@ def gram_recurrence(
     grad_sq: list[Tensor] = [run.output.new_empty(0)] * len(run.pre)
     # Without autograd the diagonals go into storage allocated up front: small
     # tensors allocated between a step's large temporaries fragment the heap, which
-    # then grows by about one temporary per step (over 10x the memory at T = 400).
+    # then grows by about one temporary per step.
     storage = [run.output.new_empty(T, n, size) for size in sizes]
     for t in range(T):
         keep = run.valid[:, t, None, None]
@@ -289,15 +289,16 @@ def gram_recurrence(
             if layer == 0:
                 # x_t has Gram I and no cross terms with the states of step t-1.
                 rows = [W[0] @ g for g in gram[0]]
-                # One fused product: every temporary fragments the heap under autograd.
+                # Fused products: under autograd every temporary fragments the heap.
                 drive = torch.where(keep, drive_gram, 0.0)
                 z_gram = torch.baddbmm(drive, rows[0], W[0].T.expand(n, -1, -1))
             else:
+                inputs = V[layer].expand(n, -1, -1)
                 rows = [
-                    V[layer] @ below + W[layer] @ own
+                    torch.baddbmm(W[layer] @ own, inputs, below)
                     for below, own in zip(gram[layer - 1], gram[layer])
                 ]
-                z_gram = rows[layer - 1] @ V[layer].T + rows[layer] @ W[layer].T
+                z_gram = torch.baddbmm(rows[layer] @ W[layer].T, rows[layer - 1], inputs.mT)
             diagonal = z_gram.diagonal(dim1=1, dim2=2)
             if diagonal.requires_grad:
                 # A view would keep all of z_gram alive for the backward pass.
