@@ -408,6 +408,8 @@ def causal_linearize(
         # page, more than the products themselves.
         states = [run.output.new_zeros(n, w.shape[0], T * C) for w in run.recurrent]
         spare = [torch.zeros_like(s) for s in states]
+        # Masks only at steps where some sequence is padded: a pass over the state less.
+        full = run.valid.all(dim=0).tolist()
         for t in range(T):
             keep = run.valid[:, t, None, None]
             old, new = t * C, (t + 1) * C
@@ -424,7 +426,8 @@ def causal_linearize(
                 # The new state, D z (the old one at a padded step), replaces z in its
                 # buffer, and the old state's buffer takes the next step's z.
                 live = z[:, :, :new].mul_(run.slopes[layer * T + t][:, :, None])
-                torch.where(keep, live, states[layer][:, :, :new], out=live)
+                if not full[t]:
+                    torch.where(keep, live, states[layer][:, :, :new], out=live)
                 states[layer], spare[layer] = z, states[layer]
         return run.linearization(blocks, run.readout @ states[-1])
 
