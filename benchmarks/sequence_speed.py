@@ -1,0 +1,372 @@
+"""Speed and memory of the structured linearization of ElmanRNN against the alternatives.
+
+An ElmanRNN with 64 LeakyReLU units (slope 0.01, default initialisation) on 6 channels
+and 5 classes, 32 full-length sequences of T in {29, 100, 400} steps:
+
+* l2 norms of all unit gradients, in float64 as certificates run: the Gram recurrence
+  (``sklearn_roll._recurrent.gram_recurrence``) against ``linearize(..., "basis")``
+  reduced to squared norms, and against the causal full gradients reduced the same way;
+* full unit gradients reduced to l1 norms (the dual norm of l_inf margins), in float64:
+  ``causal_linearize`` against ``linearize(..., "basis")``, forward tangents pushed
+  from each input step separately, and reverse mode per unit (batched autograd);
+* one training step in float32: forward and backward of cross-entropy plus the exact
+  ROLL penalty (gamma = 100, C = 1) from the Gram recurrence, against the same step
+  with ``roll_penalty`` as it is today, and against plain cross-entropy.
+
+The general path (``linearize``, hence ``roll_penalty``) needs memory like T^2 per
+sequence, so it runs over chunks of sequences of at most 2 GiB, as the certificates
+batch their samples.
+
+Each measurement runs in a fresh subprocess, which warms up on a tiny slice, then
+reports the best of up to three runs (one when a run takes over a second) and the peak resident memory over what it
+held before (VmHWM reset through ``/proc/self/clear_refs`` on Linux, else
+``ru_maxrss``). A method whose cost grows like T^2 is skipped at a length where its
+estimate from the previous length exceeds 60 s or 4 GiB. Times depend on the load
+of the machine, which the table records.
+
+    python benchmarks/sequence_speed.py            # T in 29, 100, 400
+    python benchmarks/sequence_speed.py --quick    # T in 29, 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from _common import budget, markdown_table, write
+from sklearn_roll._recurrent import causal_linearize, gram_recurrence
+from sklearn_roll.linearize import linearize, record
+from sklearn_roll.loss import roll_penalty
+from sklearn_roll.nn import ElmanRNN
+
+SEED = 0
+HIDDEN, CHANNELS, CLASSES, SEQUENCES = 64, 6, 5, 32
+ROLL_C, LAM = 1.0, 1.0
+MAX_SECONDS, MAX_BYTES = 60.0, 4 * 2**30
+CHUNK_BYTES = 2 * 2**30
+MIB = 2**20
+# Cotangent memory per chunk of the reverse-mode baseline.
+REVERSE_CHUNK_BYTES = 2**27
+
+
+def _l1(block: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(block, ord=1, dim=2)
+
+
+def _squared(block: torch.Tensor) -> torch.Tensor:
+    # Not (block**2).sum(2): a full-size temporary per step costs more than the
+    # products (page faults) and fragments the heap.
+    return torch.linalg.vector_norm(block, dim=2).square()
+
+
+def per_step_l1(module: ElmanRNN, x: torch.Tensor) -> list[torch.Tensor]:
+    """l1 norms of unit gradients by forward tangents from each input step in turn.
+
+    The C axes of step s enter at step s and run to the end; the norms add up over s.
+    """
+    lin = record(module, x)
+    n, T, _ = x.shape
+    below = torch.tensor(lin.negative_slopes[0], dtype=x.dtype)
+    slopes = [torch.where(z > 0, 1.0, below)[:, :, None] for z in lin.pre]
+    V = [layer.weight for layer in module.inputs]
+    W = [layer.weight for layer in module.recurrent]
+    norms = [torch.zeros_like(z) for z in lin.pre]
+    for s in range(T):
+        states: list[torch.Tensor] = []
+        for t in range(s, T):
+            for layer in range(len(W)):
+                if layer == 0:
+                    z = V[0].expand(n, -1, -1) if t == s else W[0] @ states[0]
+                else:
+                    z = V[layer] @ states[layer - 1]
+                    if t > s:
+                        z = z + W[layer] @ states[layer]
+                norms[layer * T + t] += z.abs().sum(dim=2)
+                state = slopes[layer * T + t] * z
+                if t == s:
+                    states.append(state)
+                else:
+                    states[layer] = state
+    return norms
+
+
+def reverse_l1(module: ElmanRNN, x: torch.Tensor) -> torch.Tensor:
+    """l1 norms of unit gradients by reverse mode, one cotangent per unit, batched."""
+    xt = x.clone().requires_grad_(True)
+    captured: list[torch.Tensor] = []
+    hook = module.act.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    try:
+        module(xt)
+    finally:
+        hook.remove()
+    z = torch.cat(captured, dim=1)
+    n, units = z.shape
+    chunk = max(1, REVERSE_CHUNK_BYTES // (n * units * z.element_size()))
+    norms = z.new_empty(n, units)
+    for start in range(0, units, chunk):
+        picked = torch.arange(start, min(units, start + chunk))
+        cotangents = z.new_zeros(len(picked), n, units)
+        cotangents[torch.arange(len(picked)), :, picked] = 1.0
+        (g,) = torch.autograd.grad(z, xt, cotangents, retain_graph=True, is_grads_batched=True)
+        norms[:, picked] = g.abs().sum(dim=(2, 3)).T
+    return norms
+
+
+def gram_penalty(gram) -> torch.Tensor:
+    """The exact ROLL penalty (gamma = 100) from the Gram recurrence's squared norms."""
+    total = count = 0.0
+    for z, counted, g in zip(gram.pre, gram.counted, gram.grad_sq):
+        total = total + ((g + ROLL_C * torch.relu(1 - z.abs())) * counted).sum(dim=1)
+        count = count + counted.sum(dim=1)
+    return (total / count.clamp(min=1)).mean()
+
+
+def _train_plain(module, x, y) -> None:
+    F.cross_entropy(module(x), y).backward()
+
+
+def _train_gram(module, x, y) -> None:
+    gram = gram_recurrence(module, x)
+    (F.cross_entropy(gram.output, y) + LAM * gram_penalty(gram)).backward()
+
+
+def _train_general(module, x, y) -> None:
+    loss = F.cross_entropy(module(x), y) + LAM * roll_penalty(module, x, C=ROLL_C)
+    loss.backward()
+
+
+def _no_grad(fn: Callable) -> Callable:
+    def run(module, x, y) -> None:
+        with torch.no_grad():
+            fn(module, x)
+
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One way of doing one task; ``chosen`` marks the one the ratios refer to."""
+
+    task: str
+    name: str
+    run: Callable[[ElmanRNN, torch.Tensor, torch.Tensor], object]
+    dtype: torch.dtype = torch.float64
+    quadratic: bool = True  # cost grows like T^2 (so it may be skipped)
+    chosen: bool = False
+    # Memory grows like T^2 per sequence: run over chunks of sequences, as the
+    # certificates do, so that a chunk stays within CHUNK_BYTES.
+    chunked: bool = False
+
+
+L2, FULL, TRAIN = "l2 norms", "full gradients (l1)", "training step"
+METHODS = [
+    Method(L2, "gram recurrence", _no_grad(gram_recurrence), quadratic=False, chosen=True),
+    Method(
+        L2,
+        "linearize basis",
+        _no_grad(lambda m, x: linearize(m, x, "basis", _squared)),
+        chunked=True,
+    ),
+    Method(L2, "causal, reduced", _no_grad(lambda m, x: causal_linearize(m, x, _squared))),
+    Method(FULL, "causal", _no_grad(lambda m, x: causal_linearize(m, x, _l1)), chosen=True),
+    Method(
+        FULL,
+        "linearize basis",
+        _no_grad(lambda m, x: linearize(m, x, "basis", _l1)),
+        chunked=True,
+    ),
+    Method(FULL, "per input step", _no_grad(per_step_l1)),
+    Method(FULL, "reverse per unit", lambda m, x, y: reverse_l1(m, x)),
+    Method(TRAIN, "gram exact loss", _train_gram, torch.float32, False, chosen=True),
+    Method(TRAIN, "plain", _train_plain, torch.float32, False),
+    Method(TRAIN, "roll_penalty today", _train_general, torch.float32, chunked=True),
+]
+
+
+def _data(steps: int, n: int, dtype: torch.dtype) -> tuple[ElmanRNN, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(SEED)
+    module = ElmanRNN(CHANNELS, CLASSES, hidden_layer_sizes=(HIDDEN,)).to(dtype)
+    x = torch.randn(n, steps, CHANNELS, dtype=dtype)
+    y = torch.randint(0, CLASSES, (n,))
+    return module, x, y
+
+
+def _status(field: str) -> int | None:
+    """A memory field of /proc/self/status in bytes, or None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def measure(index: int, steps: int, n: int, chunk: int) -> dict:
+    """Time one method on one length in this process (the child's job).
+
+    The n sequences go through the method ``chunk`` at a time (a training step
+    accumulates the chunks' gradients).
+    """
+    method = METHODS[index]
+    module, x, y = _data(steps, n, method.dtype)
+    chunks = [slice(i, i + chunk) for i in range(0, n, chunk)]
+    # One tiny call first, so that one-time costs of torch (torch.func's start-up,
+    # lazy allocations) are charged to no length.
+    method.run(module, x[:2, :2], y[:2])
+    before = _status("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = before is not None
+    except OSError:
+        reset = False
+    times = []
+    while not times or (len(times) < 3 and max(times) < 1.0):
+        module.zero_grad()
+        start = time.perf_counter()
+        for rows in chunks:
+            method.run(module, x[rows], y[rows])
+        times.append(time.perf_counter() - start)
+    peak = _status("VmHWM") if reset else None
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        before = 0
+    return {"seconds": min(times), "extra_bytes": peak - before, "peak_since_start": reset}
+
+
+def run_child(index: int, steps: int, n: int, chunk: int, threads: int) -> dict:
+    """One measurement in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *map(str, (index, steps, n, chunk, threads))],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def check_penalty(steps: int) -> float:
+    """Relative difference between the Gram penalty and roll_penalty (float64)."""
+    module, x, _ = _data(steps, 4, torch.float64)
+    with torch.no_grad():
+        ours = gram_penalty(gram_recurrence(module, x))
+        today = roll_penalty(module, x, C=ROLL_C)
+    return float((ours - today).abs() / today.abs())
+
+
+def _plan(method: Method, previous: dict | None, steps: int, n: int) -> dict:
+    """Sequences per call and, from the previous length, estimated seconds and bytes.
+
+    Costs of a quadratic method scale like T^2 from the previous length, and its
+    memory per sequence too.
+    """
+    if previous is None or not method.quadratic:
+        return {"chunk": n}
+    scale = (steps / previous["steps"]) ** 2
+    per_sequence = previous["extra_bytes"] / previous["chunk"] * scale
+    chunk = n
+    if method.chunked:
+        chunk = int(min(n, max(1, CHUNK_BYTES // per_sequence)))
+    return {
+        "chunk": chunk,
+        "est_seconds": previous["seconds"] * scale,
+        "est_bytes": per_sequence * chunk,
+    }
+
+
+def main(quick: bool, threads: int) -> None:
+    lengths = budget(quick, (29, 100, 400), (29, 60), (5, 8))
+    n = budget(quick, SEQUENCES, SEQUENCES, 4)
+    results: list[dict] = []
+    load = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
+    for index, method in enumerate(METHODS):
+        previous = None
+        for steps in lengths:
+            row = {"task": method.task, "method": method.name, "steps": steps}
+            row["chosen"] = method.chosen
+            row.update(_plan(method, previous, steps, n))
+            if row.get("est_seconds", 0) > MAX_SECONDS or row.get("est_bytes", 0) > MAX_BYTES:
+                row["skipped"] = True
+            else:
+                row.update(run_child(index, steps, n, row["chunk"], threads), skipped=False)
+                previous = row
+            results.append(row)
+            print(row, flush=True)
+    if load:
+        load.append(os.getloadavg()[0])
+    chosen = {(r["task"], r["steps"]): r for r in results if r["chosen"]}
+    plain = {r["steps"]: r for r in results if r["method"] == "plain"}
+    rows = []
+    order = [m.task for m in METHODS]
+    for r in sorted(results, key=lambda r: (order.index(r["task"]), r["steps"])):
+        best = chosen[(r["task"], r["steps"])]
+        if r["skipped"]:
+            cells = [
+                f"skipped (est. {r['est_seconds']:.0f} s)",
+                "",
+                f"est. {r['est_bytes'] / MIB:,.0f}",
+            ]
+        else:
+            ratio = r["seconds"] / best["seconds"]
+            cells = [f"{r['seconds']:.3g}", f"{ratio:.3g}x", f"{r['extra_bytes'] / MIB:,.0f}"]
+        vs_plain = ""
+        if r["task"] == TRAIN and not r["skipped"]:
+            vs_plain = f"{r['seconds'] / plain[r['steps']]['seconds']:.3g}x"
+        rows.append([r["task"], r["steps"], r["method"], r["chunk"], *cells, vs_plain])
+    table = markdown_table(
+        [
+            "task",
+            "T",
+            "method",
+            "sequences per call",
+            "seconds",
+            "time / chosen method",
+            "peak extra memory (MiB)",
+            "time / plain step",
+        ],
+        rows,
+    )
+    difference = check_penalty(lengths[0])
+    text = (
+        f"# Structured linearization of ElmanRNN\n\n"
+        f"{HIDDEN} LeakyReLU units, {CHANNELS} channels, {n} sequences, "
+        f"{threads} torch thread(s). The chosen method of each task is the Gram recurrence "
+        f"(l2 norms, training) or the causal full gradients; ratios are to it. Load average "
+        f"of the machine (1 min) before and after: "
+        f"{', '.join(f'{v:.1f}' for v in load) or 'unknown'}.\n\n"
+        f"{table}\n\n"
+        f"The Gram penalty equals roll_penalty to a relative {difference:.1e} (float64, "
+        f"T = {lengths[0]}).\n"
+    )
+    print(text)
+    write(
+        "sequence_speed",
+        text,
+        {"results": results, "threads": threads, "load": load, "penalty_difference": difference},
+        quick,
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        index, steps, n, chunk, threads = map(int, sys.argv[2:7])
+        torch.set_num_threads(threads)
+        print(json.dumps(measure(index, steps, n, chunk)))
+    else:
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        parser.add_argument("--quick", action="store_true", help="reduced run")
+        parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+        args = parser.parse_args()
+        main(args.quick, args.threads)
