@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._linearization import AxisTangents, Linearization, Reduce, Tangents
+from ._linearization import AxisTangents, Linearization, Magnitudes, Reduce, Tangents
 from ._recording import frozen_slopes
 
-__all__ = ["chain_linearize", "chain_vjp", "linear_chain"]
+__all__ = ["chain_linearize", "chain_magnitudes", "chain_vjp", "linear_chain"]
 
 Chain = list[tuple[nn.Linear, float | None]]
 
@@ -138,6 +138,44 @@ def chain_linearize(
     )
 
 
+def chain_magnitudes(
+    chain: Chain, x: Tensor, tangents: Tensor | AxisTangents | str, patterns: list[Tensor]
+) -> Magnitudes:
+    """The :class:`Magnitudes` of a Linear chain at the points ``x``.
+
+    The chain with absolute weights and biases, on ``|x|``, each activation
+    multiplying by the absolute value of its slope in ``patterns``; ``tangents``
+    (non-negative, or axes, or ``"basis"``) pushed through its linear part.
+    """
+    n = x.shape[0]
+    h = x.reshape(n, -1).abs()
+    pre: list[Tensor] = []
+    pre_tangents: list[Tensor] = []
+    roundings: list[int] = []
+    count = 0
+    T: Tensor | None = None
+    for i, (linear, slope) in enumerate(chain):
+        weight = linear.weight.detach().abs()
+        bias = None if linear.bias is None else linear.bias.detach().abs()
+        z = F.linear(h, weight, bias)
+        if T is None:
+            T = _first_tangents(weight, h, tangents)
+        else:
+            T = (weight @ T.reshape(T.shape[0], -1)).reshape(weight.shape[0], n, -1)
+        # An inner product of the layer's fan-in, and the bias.
+        count += weight.shape[1] + (bias is not None)
+        if slope is None:
+            return Magnitudes(pre, pre_tangents, z, T.permute(1, 0, 2), roundings, count)
+        pre.append(z)
+        pre_tangents.append(T.permute(1, 0, 2))
+        roundings.append(count)
+        s = frozen_slopes(patterns[i], abs(slope), z.dtype)
+        h = z * s
+        T = T * s.T[:, :, None]
+        count += 0 if slope in (0.0, 1.0) else 1
+    raise ValueError("A Linear chain ends with a Linear layer.")
+
+
 def _live_product(W: Tensor, T: Tensor, on: Tensor) -> Tensor:
     """``W @ T`` per example over its active units only, in the layout (out, n, k).
 
@@ -179,7 +217,14 @@ def _first_tangents(W: Tensor, h: Tensor, tangents: Tangents) -> Tensor:
     return W[:, None, :].expand(-1, n, -1)
 
 
-def chain_vjp(module: nn.Module, patterns: list[Tensor], layer: int, cotangents: Tensor) -> Tensor:
+def chain_vjp(
+    module: nn.Module,
+    patterns: list[Tensor],
+    layer: int,
+    cotangents: Tensor,
+    *,
+    absolute: bool = False,
+) -> Tensor:
     """Rows ``c^T dz/dx`` of a Linear chain with frozen activation patterns.
 
     Reverse mode, one row per cotangent: the cheap way to get a few unit gradients
@@ -199,6 +244,9 @@ def chain_vjp(module: nn.Module, patterns: list[Tensor], layer: int, cotangents:
         ``len(hidden layers)`` for the output.
     cotangents : Tensor of shape (m, width of that layer)
         One cotangent per row.
+    absolute : bool, default=False
+        Use the absolute weights and slopes (with non-negative cotangents, bounds on
+        the absolute terms each entry sums).
 
     Returns
     -------
@@ -224,7 +272,9 @@ def chain_vjp(module: nn.Module, patterns: list[Tensor], layer: int, cotangents:
     v = cotangents
     for i in range(layer, -1, -1):
         linear, _ = chain[i]
-        v = v @ linear.weight.to(v.dtype)
+        weight = linear.weight.to(v.dtype)
+        v = v @ (weight.abs() if absolute else weight)
         if i:
-            v = v * frozen_slopes(patterns[i - 1], chain[i - 1][1], v.dtype)
+            slope = chain[i - 1][1]
+            v = v * frozen_slopes(patterns[i - 1], abs(slope) if absolute else slope, v.dtype)
     return v

@@ -21,18 +21,21 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ._chain import linear_chain
-from ._linearization import AxisTangents, Linearization
-from ._margins import (
-    Block,
-    axis_bounds,
-    decision_terms,
-    directional,
-    dual_order,
-    norm_reducer,
-)
+from ._linearization import AxisTangents, Linearization, Magnitudes
+from ._margins import axis_bounds, directional, dual_order, norm_reducer
 from ._recording import first_output
-from ._rounding import FLOAT32_RTOL, SMALLEST_ACCURATE32, Float32Chain, float32_bounded, sound_min
-from .linearize import float64_copy, linearize, record, tangent_count
+from ._rounding import (
+    FLOAT32_RTOL,
+    SHRINK64,
+    SMALLEST_ACCURATE32,
+    Float32Chain,
+    float32_bounded,
+    float64_blocks,
+    float64_errors,
+    sound_min,
+    unsure,
+)
+from .linearize import float64_copy, linearize, record
 
 __all__ = [
     "MEMORY_BUDGET",
@@ -249,71 +252,69 @@ class Evaluator:
             if self.bounded
             else None
         )
-        if bounded is not None:
-            k, work = bounded.k, self.module
-        elif self.features is not None:
-            tangents, k, work = self._feature_axes, len(self.features), self.exact
-        else:
-            tangents = "l2" if p == 2 else "basis"
-            probe = torch.from_numpy(self.x[:1]).double()
-            k = tangent_count(self.exact, probe, tangents) if len(self.x) else 1
-            work = self.exact
+        tangents = self._feature_axes if self.features is not None else "basis"
+        k = bounded.k if bounded is not None else self._moving()
+        work = self.module if bounded is not None else self.exact
         out = np.empty(len(self.x))
-        with torch.no_grad():
-            for rows in batches(len(self.x), batch_size(work, self.x, requested, k), progress):
-                exact = self.record(rows)
-                if bounded is not None:
-                    blocks = bounded.blocks(torch.from_numpy(self.x[rows]).float(), exact, decision)
-                else:
-                    xb = torch.from_numpy(self.x[rows]).double()
-                    t = tangents(len(xb)) if callable(tangents) else tangents
-                    lin = linearize(self.exact, xb, t, norm_reducer(p))
-                    blocks = [
-                        Block(z.abs(), norm, counted)
-                        for z, norm, counted in zip(exact.pre, lin.pre_tangents, lin.counted)
-                    ]
-                    if decision:
-                        gap, norm, _, others = decision_terms(lin.output_tangents, exact.output, q)
-                        blocks.append(Block(gap, norm, others))
-                value = sound_min(blocks, len(exact.output), self.rtol)
-                if decision:
-                    gap, others = blocks[-1].num, blocks[-1].counted
-                    value = torch.where(((gap <= 0) & others).any(dim=1), 0.0, value)
-                out[rows] = value.numpy()
+        for rows, xb, exact in self._batches(work, requested, k, progress):
+            allowance = self._allowance(xb, exact, self._ones(xb))
+            if bounded is not None:
+                blocks = bounded.blocks(xb.float(), exact, decision, allowance)
+            else:
+                t = tangents(len(xb), rows) if callable(tangents) else tangents
+                lin = linearize(self.exact, xb, t, norm_reducer(p))
+                blocks = float64_blocks(exact, lin, allowance, q, decision)
+            value = sound_min(blocks, len(xb), self.rtol) * SHRINK64
+            if decision:
+                gap, others = blocks[-1].num, blocks[-1].counted
+                value = torch.where(((gap <= 0) & others).any(dim=1), 0.0, value)
+            out[rows] = torch.where(unsure(exact, allowance), 0.0, value).numpy()
         return out
 
-    def _feature_axes(self, n: int) -> AxisTangents:
+    def _moving(self) -> int:
+        """How many input coordinates may move."""
+        return math.prod(self.x.shape[1:]) if self.features is None else len(self.features)
+
+    def _feature_axes(self, n: int, rows: slice | None = None) -> AxisTangents:
         """The moving coordinates as tangents, the same for each of n examples."""
         return AxisTangents(self.features[:, None].expand(-1, n).contiguous())
 
-    def _linearized(
-        self,
-        tangents: str | Callable[[int, slice], Tensor | AxisTangents],
-        k: int,
-        requested: int | None,
-        progress,
-    ) -> Iterator[tuple[slice, Linearization, Linearization]]:
-        """(rows, float64 linearization, float64 record) batch by batch."""
-        size = batch_size(self.exact, self.x, requested, k)
+    def _ones(self, x: Tensor) -> Tensor:
+        """The all-ones tangent over the moving coordinates, zero at padding: (1, n, ...)."""
+        ones = torch.isfinite(x).to(x.dtype)
+        if self.features is not None:
+            mask = torch.zeros(math.prod(x.shape[1:]), dtype=x.dtype)
+            mask[self.features] = 1
+            ones = ones * mask.reshape(x.shape[1:])
+        return ones[None]
+
+    def _allowance(self, xb: Tensor, exact: Linearization, tangents: Tensor | str) -> Magnitudes:
+        """The float64 rounding allowance of a batch's record and linearization."""
+        patterns = [z > 0 for z in exact.pre]
+        return float64_errors(self.exact, xb, tangents, patterns)
+
+    def _batches(
+        self, work: nn.Module, requested: int | None, k: int, progress: bool
+    ) -> Iterator[tuple[slice, Tensor, Linearization]]:
+        """(rows, float64 points, float64 record) batch by batch, without autograd."""
+        size = batch_size(work, self.x, requested, k)
         with torch.no_grad():
             for rows in batches(len(self.x), size, progress):
-                exact = self.record(rows)
-                xb = torch.from_numpy(self.x[rows]).double()
-                t = tangents(len(xb), rows) if callable(tangents) else tangents
-                yield rows, linearize(self.exact, xb, t), exact
+                yield rows, torch.from_numpy(self.x[rows]).double(), self.record(rows)
 
     def directional(
         self, directions: np.ndarray, requested: int | None, progress: bool = False
     ) -> np.ndarray:
         """Distance from every sample along its direction (one per sample) to the boundary."""
         out = np.empty(len(self.x))
-
-        def tangent(n: int, rows: slice) -> Tensor:
-            return torch.from_numpy(directions[rows]).double()[None]
-
-        for rows, lin, exact in self._linearized(tangent, 1, requested, progress):
+        for rows, xb, exact in self._batches(self.exact, requested, 1, progress):
+            d = torch.from_numpy(directions[rows]).double()[None]
+            lin = linearize(self.exact, xb, d)
+            allowance = self._allowance(xb, exact, d.abs())
             rates = [g[:, :, 0] for g in lin.pre_tangents]
-            out[rows] = directional(len(exact.output), exact.pre, rates, lin.counted).numpy()
+            errors = (allowance.pre, [e[:, :, 0] for e in allowance.pre_tangents])
+            value = directional(len(xb), exact.pre, rates, lin.counted, errors) * SHRINK64
+            out[rows] = torch.where(unsure(exact, allowance), 0.0, value).numpy()
         return out
 
     def axis_bounds(
@@ -327,12 +328,17 @@ class Evaluator:
         lower = np.full((n, d), np.nan)
         upper = np.full((n, d), np.nan)
         moving = np.arange(d) if self.features is None else self.features.numpy()
-        tangents = "basis" if self.features is None else lambda n, rows: self._feature_axes(n)
-        for rows, lin, exact in self._linearized(tangents, len(moving), requested, progress):
-            shape = (len(exact.output), len(moving))
-            lo, up = axis_bounds(shape, exact.pre, lin.pre_tangents, lin.counted)
-            lower[rows, moving] = lo.numpy()
-            upper[rows, moving] = up.numpy()
+        # The tangents' magnitudes are held beside them: twice the tangents per unit.
+        for rows, xb, exact in self._batches(self.exact, requested, 2 * len(moving), progress):
+            t = "basis" if self.features is None else self._feature_axes(len(xb))
+            lin = linearize(self.exact, xb, t)
+            allowance = self._allowance(xb, exact, t)
+            errors = (allowance.pre, allowance.pre_tangents)
+            shape = (len(xb), len(moving))
+            lo, up = axis_bounds(shape, exact.pre, lin.pre_tangents, lin.counted, errors)
+            doubt = unsure(exact, allowance)[:, None]
+            lower[rows, moving] = torch.where(doubt, 0.0, lo * SHRINK64).numpy()
+            upper[rows, moving] = torch.where(doubt, 0.0, up * SHRINK64).numpy()
         return lower.reshape(self.x.shape), upper.reshape(self.x.shape)
 
 

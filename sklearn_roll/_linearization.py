@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["AxisTangents", "Linearization", "Reduce", "Tangents"]
+__all__ = ["AxisTangents", "Linearization", "Magnitudes", "Reduce", "Tangents"]
 
 Reduce = Callable[[Tensor], Tensor]
 
@@ -92,3 +92,48 @@ class Linearization:
     def n_units(self) -> int:
         """Number of units per example, padded ones included."""
         return sum(z.shape[1] for z in self.pre)
+
+
+@dataclasses.dataclass
+class Magnitudes:
+    """Upper bounds on what a float64 forward pass and its linearization sum.
+
+    The network run on the absolute value of the points, with absolute weights and
+    biases, additions for subtractions and the absolute frozen slopes: every entry
+    bounds the sum of the absolute values of the terms that the corresponding
+    pre-activation, output or directional derivative adds up, and ``roundings``
+    counts the roundings that reach it.
+
+    Attributes
+    ----------
+    pre : list of Tensor of shape (n, u)
+        Bounds for the pre-activations.
+    pre_tangents : list of Tensor of shape (n, u, k)
+        Bounds for their derivatives along the k (absolute) tangents.
+    output : Tensor of shape (n, n_outputs)
+        Bounds for the outputs.
+    output_tangents : Tensor of shape (n, n_outputs, k)
+        Bounds for the outputs' derivatives.
+    roundings : list of int
+        Roundings that reach each block of pre-activations (and their derivatives).
+    output_roundings : int
+        Roundings that reach the outputs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.linearize import magnitudes, record
+    >>> from sklearn_roll.nn import MLP
+    >>> net, x = MLP(3, 2, hidden_layer_sizes=(4,)).double(), torch.randn(5, 3).double()
+    >>> on = [z > 0 for z in record(net, x).pre]
+    >>> bounds = magnitudes(net, x, torch.ones(1, 5, 3).double(), on)
+    >>> bool((bounds.pre[0] >= record(net, x).pre[0].abs()).all())
+    True
+    """
+
+    pre: list[Tensor]
+    pre_tangents: list[Tensor]
+    output: Tensor
+    output_tangents: Tensor
+    roundings: list[int]
+    output_roundings: int

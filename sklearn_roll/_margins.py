@@ -118,20 +118,42 @@ class Block:
     exact: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
-def crossing(z: Tensor, rate: Tensor) -> Tensor:
-    """Distance along a direction at which each unit changes state.
+def crossing(
+    z: Tensor, rate: Tensor, z_error: Tensor | None = None, rate_error: Tensor | None = None
+) -> Tensor:
+    """Distance along a direction at which each unit may change state.
 
     A unit is on where z > 0. Moving with rate ``rate`` it switches at
     ``|z| / |rate|`` if it heads towards zero, at once if it sits at zero and rises,
-    and never otherwise.
+    and never otherwise. With error bounds (``|z - exact| <= z_error``, likewise for
+    the rate), the smallest distance any values within them allow: 0 if z may be
+    either side of zero while the unit moves, ``(|z| - z_error) / (|rate| +
+    rate_error)`` if it may head towards zero, inf only if it surely does not.
     """
-    step = rate.abs()
-    dist = torch.where(z * rate < 0, z.abs() / torch.where(step > 0, step, 1), math.inf)
-    return torch.where((z == 0) & (rate > 0), 0.0, dist)
+    if z_error is None:
+        z_error = torch.zeros_like(z)
+    if rate_error is None:
+        rate_error = torch.zeros_like(rate)
+    z, rate = torch.broadcast_tensors(z, rate)
+    z_error, rate_error = torch.broadcast_tensors(z_error, rate_error)
+    num = z.abs() - z_error
+    den = rate.abs() + rate_error
+    towards = (z * rate < 0) | ((rate.abs() <= rate_error) & (rate_error > 0))
+    dist = torch.where(towards, num / torch.where(den > 0, den, 1), math.inf)
+    exact = (z_error == 0) & (rate_error == 0)
+    # Surely at zero: it switches at once if it rises, never if it falls (it is off).
+    at_zero = torch.where(exact & (z == 0), torch.where(rate > 0, 0.0, math.inf), math.inf)
+    moving = (rate != 0) | (rate_error > 0)
+    unsure = torch.where(moving, 0.0, math.inf)
+    return torch.where(num > 0, dist, torch.where(exact, at_zero, unsure))
 
 
 def directional(
-    n: int, pre: list[Tensor], rates: list[Tensor], counted: list[Tensor | None]
+    n: int,
+    pre: list[Tensor],
+    rates: list[Tensor],
+    counted: list[Tensor | None],
+    errors: tuple[list[Tensor], list[Tensor]] | None = None,
 ) -> Tensor:
     """Distance along each point's direction to its region's boundary.
 
@@ -145,14 +167,17 @@ def directional(
         Their derivatives along the direction.
     counted : list of (Tensor of bool) or None
         Which units count.
+    errors : (list of Tensor, list of Tensor) or None, default=None
+        Bounds on the errors of ``pre`` and of ``rates``.
 
     Returns
     -------
     Tensor of shape (n,), float64
     """
     best = torch.full((n,), math.inf, dtype=torch.float64)
-    for z, rate, mask in zip(pre, rates, counted):
-        dist = crossing(z.double(), rate.double())
+    z_errors, rate_errors = errors if errors is not None else ([None] * len(pre),) * 2
+    for z, rate, mask, ze, re in zip(pre, rates, counted, z_errors, rate_errors):
+        dist = crossing(z.double(), rate.double(), ze, re)
         if mask is not None:
             dist = torch.where(mask, dist, math.inf)
         if dist.shape[1]:
@@ -161,7 +186,11 @@ def directional(
 
 
 def axis_bounds(
-    shape: tuple[int, int], pre: list[Tensor], tangents: list[Tensor], counted: list[Tensor | None]
+    shape: tuple[int, int],
+    pre: list[Tensor],
+    tangents: list[Tensor],
+    counted: list[Tensor | None],
+    errors: tuple[list[Tensor], list[Tensor]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-coordinate distances to the region boundary, downwards and upwards.
 
@@ -175,6 +204,8 @@ def axis_bounds(
         The units' partial derivatives along every input coordinate.
     counted : list of (Tensor of bool) or None
         Which units count.
+    errors : (list of Tensor, list of Tensor) or None, default=None
+        Bounds on the errors of ``pre`` (n, u) and of ``tangents`` (n, u, d).
 
     Returns
     -------
@@ -184,12 +215,14 @@ def axis_bounds(
     """
     up = torch.full(shape, math.inf, dtype=torch.float64)
     down = up.clone()
-    for z, g, mask in zip(pre, tangents, counted):
+    z_errors, rate_errors = errors if errors is not None else ([None] * len(pre),) * 2
+    for z, g, mask, ze, re in zip(pre, tangents, counted, z_errors, rate_errors):
         if not z.shape[1]:
             continue
         z = z.double()[:, :, None]
         g = g.double()
-        rise, fall = crossing(z, g), crossing(z, -g)
+        ze = None if ze is None else ze[:, :, None]
+        rise, fall = crossing(z, g, ze, re), crossing(z, -g, ze, re)
         if mask is not None:
             rise = torch.where(mask[:, :, None], rise, math.inf)
             fall = torch.where(mask[:, :, None], fall, math.inf)

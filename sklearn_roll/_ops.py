@@ -18,14 +18,26 @@ by its canonical name (``torch.nn.functional.conv2d``, ``Tensor.__add__`` and
 
 Any operation that is not in the table is refused too, with a message listing what is
 supported. Adding an operation means adding one entry.
+
+Each rule also says how the operation acts on *magnitudes*, which the rigorous rounding
+bounds of the float64 certificates need (:mod:`sklearn_roll._rounding`): run on the
+absolute values of its input, with every constant replaced by its absolute value and
+subtractions by additions, an affine operation gives an upper bound on the absolute
+values of all the terms it sums; ``rounding`` counts the roundings it adds to each
+output (the length of its inner products, plus one for a bias or a division).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import math
+import numbers
+import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import resolve_name
 
@@ -87,12 +99,65 @@ class OpRule:
     slope : int or None
         For ``kind="activation"``, the position of the ``negative_slope`` argument
         (None for ReLU, whose slope below zero is 0); ``inplace`` follows it.
+    rounding : callable or None
+        ``rounding(args, kwargs, out) -> int``: the roundings the operation adds to
+        each output element (0 when None: reshaping, indexing, copying).
+    magnitude : {"same", "arith", "add", "pass", "batch_norm"}
+        How the operation acts on magnitudes: "same" runs it with constant floating
+        tensors and floats (and the arguments at ``values``) made absolute; "arith"
+        makes every constant number absolute; "add" turns a subtraction into an
+        addition of absolute values; "pass" returns its input (negation); and
+        "batch_norm" adds the absolute running mean instead of subtracting it.
+    values : tuple of int or str
+        Positions and keyword names of constant values (fill values, padding
+        values) whose absolute values the magnitude takes, ints included.
     """
 
     kind: str
     reason: str = ""
     divisor: int = 1
     slope: int | None = None
+    rounding: Callable[[tuple, dict, Any], int] | None = None
+    magnitude: str = "same"
+    values: tuple = ()
+
+    def roundings(self, args: tuple, kwargs: dict, out: Any) -> int:
+        """The roundings this call adds to each output element."""
+        return 0 if self.rounding is None else int(self.rounding(args, kwargs, out))
+
+    def on_magnitudes(self, func: Any, name: str, args: tuple, kwargs: dict, is_dependent):
+        """Run the call on magnitudes (the dependent arguments already are).
+
+        Parameters
+        ----------
+        func : callable
+            The torch function.
+        name : str
+            Its display name (tells ``rsub`` from ``sub``).
+        args, kwargs
+            The call's arguments.
+        is_dependent : callable
+            ``is_dependent(tensor) -> bool``.
+        """
+        every = self.magnitude != "same"
+
+        def constant(value: Any, forced: bool = False) -> Any:
+            if isinstance(value, Tensor):
+                floating = value.is_floating_point() or value.is_complex()
+                return value.abs() if floating and not is_dependent(value) else value
+            if isinstance(value, bool) or not isinstance(value, numbers.Number):
+                return value
+            return abs(value) if forced or every or isinstance(value, float) else value
+
+        args = tuple(constant(a, i in self.values) for i, a in enumerate(args))
+        kwargs = {k: constant(v, k in self.values) for k, v in kwargs.items()}
+        if self.magnitude == "pass":
+            return args[0]
+        if self.magnitude == "add":
+            return _added(name, args, kwargs)
+        if self.magnitude == "batch_norm":
+            return _batch_norm_magnitude(args, kwargs)
+        return func(*args, **kwargs)
 
     def refusal(self, args: tuple, kwargs: dict, dependent: list[Tensor], is_dependent) -> str:
         """Why this call cannot be linearized, or "" if it can.
@@ -123,6 +188,126 @@ class OpRule:
 
 def _rules(names: str, value: Any) -> dict[str, Any]:
     return dict.fromkeys(names.split(), value)
+
+
+def _added(name: str, args: tuple, kwargs: dict) -> Tensor:
+    """``a + |alpha| b`` for the subtractions ``a - alpha b`` and ``b - alpha a`` (rsub)."""
+    alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
+    first = args[0] if args else kwargs.get("input")
+    second = args[1] if len(args) > 1 else kwargs.get("other")
+    if name.startswith("rsub"):
+        # torch.rsub(input, other, alpha) is other - alpha * input.
+        return torch.add(second, first, alpha=alpha)
+    if name == "__rsub__":
+        return torch.add(second, first)
+    if name in ("sub_", "__isub__"):
+        return first.add_(second, alpha=alpha)
+    return torch.add(first, second, alpha=alpha)
+
+
+def _batch_norm_magnitude(args: tuple, kwargs: dict) -> Tensor:
+    """``(|x| + |mean|) |w| / sqrt(var + eps) + |b|``: eval-mode BatchNorm on magnitudes."""
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum")
+    bound = {**dict(zip(names, args)), **kwargs}
+    mean = bound.get("running_mean")
+    bound["running_mean"] = None if mean is None else -mean.abs()
+    bound["training"] = False
+    return F.batch_norm(**bound)
+
+
+def _arg(args: tuple, kwargs: dict, position: int, name: str) -> Any:
+    return args[position] if len(args) > position else kwargs.get(name)
+
+
+def _one(args: tuple, kwargs: dict, out: Any) -> int:
+    return 1
+
+
+def _linear(args: tuple, kwargs: dict, out: Any) -> int:
+    weight, bias = _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
+    return weight.shape[-1] + (bias is not None)
+
+
+def _conv(args: tuple, kwargs: dict, out: Any) -> int:
+    weight, bias = _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
+    return math.prod(weight.shape[1:]) + (bias is not None)
+
+
+def _conv_transpose(args: tuple, kwargs: dict, out: Any) -> int:
+    # Each output sums at most every input channel times every kernel tap.
+    weight, bias = _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
+    return weight.shape[0] * math.prod(weight.shape[2:]) + (bias is not None)
+
+
+def _contraction(args: tuple, kwargs: dict, out: Any) -> int:
+    first = _arg(args, kwargs, 0, "input")
+    return first.shape[-1] if first.dim() else 1
+
+
+def _einsum(args: tuple, kwargs: dict, out: Any) -> int:
+    equation, operands = args[0], args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = operands[0]
+    inputs, _, output = equation.replace(" ", "").partition("->")
+    sizes: dict[str, int] = {}
+    for spec, operand in zip(inputs.split(","), operands):
+        letters = re.findall(r"[A-Za-z]", spec.replace("...", ""))
+        core = (
+            operand.shape[len(operand.shape) - len(letters) :] if "..." in spec else operand.shape
+        )
+        sizes.update(zip(letters, core))
+    contracted = [size for letter, size in sizes.items() if letter not in output]
+    # Without "->", every letter that appears twice is contracted.
+    if not output and "->" not in equation:
+        counts = {letter: inputs.count(letter) for letter in sizes}
+        contracted = [sizes[letter] for letter, c in counts.items() if c > 1]
+    return math.prod(contracted) + max(len(operands) - 2, 0)
+
+
+def _reduced(args: tuple, kwargs: dict, out: Any) -> int:
+    first = _arg(args, kwargs, 0, "input")
+    return max(1, first.numel() // max(1, out.numel()))
+
+
+def _averaged(args: tuple, kwargs: dict, out: Any) -> int:
+    return _reduced(args, kwargs, out) + 1
+
+
+def _cumulative(args: tuple, kwargs: dict, out: Any) -> int:
+    first = _arg(args, kwargs, 0, "input")
+    return first.shape[_arg(args, kwargs, 1, "dim")] if first.dim() else 1
+
+
+def _pooled(dims: int) -> Callable[[tuple, dict, Any], int]:
+    """Roundings of average pooling over ``dims`` spatial dimensions: its taps, a division."""
+
+    def roundings(args: tuple, kwargs: dict, out: Any) -> int:
+        kernel = _arg(args, kwargs, 1, "kernel_size")
+        taps = math.prod(kernel) if isinstance(kernel, (tuple, list)) else int(kernel) ** dims
+        return taps + 1
+
+    return roundings
+
+
+def _adaptive(dims: int) -> Callable[[tuple, dict, Any], int]:
+    """Roundings of adaptive average pooling: its largest window, a division."""
+
+    def roundings(args: tuple, kwargs: dict, out: Any) -> int:
+        first = _arg(args, kwargs, 0, "input")
+        sizes = zip(first.shape[-dims:], out.shape[-dims:])
+        return math.prod(math.ceil(i / max(o, 1)) + 1 for i, o in sizes) + 1
+
+    return roundings
+
+
+def _folded(args: tuple, kwargs: dict, out: Any) -> int:
+    kernel = _arg(args, kwargs, 2, "kernel_size")
+    return math.prod(kernel) if isinstance(kernel, (tuple, list)) else int(kernel) ** 2
+
+
+# Eval-mode BatchNorm: a subtraction, a square root, a division, a product, a sum.
+def _batch_norm_roundings(args: tuple, kwargs: dict, out: Any) -> int:
+    return 6
 
 
 OPS: dict[str, OpRule] = {
@@ -159,25 +344,40 @@ OPS: dict[str, OpRule] = {
     ),
     **_rules("softmax log_softmax softmin", OpRule("refused", _SOFTMAX)),
     **_rules("detach data.__get__ item tolist numpy", OpRule("refused", _CUT)),
+    "linear": OpRule("product", rounding=_linear, magnitude="arith"),
+    **_rules("conv1d conv2d conv3d", OpRule("product", rounding=_conv, magnitude="arith")),
     **_rules(
-        "linear conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d "
-        "mul matmul mm bmm mv einsum",
-        OpRule("product"),
+        "conv_transpose1d conv_transpose2d conv_transpose3d",
+        OpRule("product", rounding=_conv_transpose, magnitude="arith"),
     ),
-    **_rules("div", OpRule("divide", divisor=1)),
-    **_rules("rdiv", OpRule("divide", divisor=0)),
-    **_rules("batch_norm", OpRule("batch_norm")),
+    "mul": OpRule("product", rounding=_one, magnitude="arith"),
+    **_rules("matmul mm bmm mv", OpRule("product", rounding=_contraction, magnitude="arith")),
+    "einsum": OpRule("product", rounding=_einsum, magnitude="arith"),
+    "div": OpRule("divide", divisor=1, rounding=_one, magnitude="arith"),
+    "rdiv": OpRule("divide", divisor=0, rounding=_one, magnitude="arith"),
+    "batch_norm": OpRule("batch_norm", rounding=_batch_norm_roundings, magnitude="batch_norm"),
+    "add": OpRule("affine", rounding=_one, magnitude="arith"),
+    **_rules("sub rsub", OpRule("affine", rounding=_one, magnitude="add")),
+    **_rules("neg negative positive", OpRule("affine", magnitude="pass")),
+    **_rules("sum nansum", OpRule("affine", rounding=_reduced)),
+    "mean": OpRule("affine", rounding=_averaged),
+    "cumsum": OpRule("affine", rounding=_cumulative),
+    **{f"avg_pool{d}d": OpRule("affine", rounding=_pooled(d)) for d in (1, 2, 3)},
+    **{f"adaptive_avg_pool{d}d": OpRule("affine", rounding=_adaptive(d)) for d in (1, 2, 3)},
+    "fold": OpRule("affine", rounding=_folded),
+    "where": OpRule("affine", values=(1, 2, "input", "other")),
+    "masked_fill": OpRule("affine", values=(2, "value")),
+    "__setitem__": OpRule("affine", values=(2,)),
+    "pad": OpRule("affine", values=(3, "value")),
+    "nan_to_num": OpRule("affine", values=(1, 2, 3, "nan", "posinf", "neginf")),
     **_rules(
-        "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d "
-        "adaptive_avg_pool3d dropout dropout1d dropout2d dropout3d alpha_dropout "
-        "feature_alpha_dropout pad flatten unflatten view view_as reshape "
-        "reshape_as permute transpose swapaxes swapdims movedim moveaxis t T.__get__ "
-        "mT.__get__ contiguous unsqueeze squeeze expand expand_as broadcast_to repeat "
-        "tile repeat_interleave __getitem__ __setitem__ narrow select index_select "
-        "masked_select take gather split split_with_sizes chunk unbind tensor_split cat "
-        "concat concatenate stack hstack vstack dstack flip fliplr flipud roll diagonal "
-        "diag_embed tril triu add sub rsub neg negative positive sum mean nansum cumsum "
-        "where masked_fill nan_to_num clone to float double type_as unfold fold "
+        "dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout flatten "
+        "unflatten view view_as reshape reshape_as permute transpose swapaxes swapdims "
+        "movedim moveaxis t T.__get__ mT.__get__ contiguous unsqueeze squeeze expand "
+        "expand_as broadcast_to repeat tile repeat_interleave __getitem__ narrow select "
+        "index_select masked_select take gather split split_with_sizes chunk unbind "
+        "tensor_split cat concat concatenate stack hstack vstack dstack flip fliplr flipud "
+        "roll diagonal diag_embed tril triu clone to float double type_as unfold "
         "pixel_shuffle pixel_unshuffle channel_shuffle atleast_1d atleast_2d atleast_3d",
         OpRule("affine"),
     ),

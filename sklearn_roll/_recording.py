@@ -22,7 +22,15 @@ from torch.overrides import TorchFunctionMode
 
 from ._ops import lookup, tensors
 
-__all__ = ["UnsupportedOperationError", "first_output", "frozen_slopes", "run", "unit_mask"]
+__all__ = [
+    "MagnitudeRecorder",
+    "Recorder",
+    "UnsupportedOperationError",
+    "first_output",
+    "frozen_slopes",
+    "run",
+    "unit_mask",
+]
 
 
 class UnsupportedOperationError(ValueError):
@@ -258,6 +266,81 @@ class Recorder(TorchFunctionMode):
             s = frozen_slopes(self.patterns[index].reshape(z.shape), slope, z.dtype)
             out = z.mul_(s) if inplace else z * s
         self._mark(out)
+        return out
+
+
+class MagnitudeRecorder(Recorder):
+    """Run a module on magnitudes, counting the roundings that reach every value.
+
+    The input is the absolute value of a point; each operation runs as its rule in
+    :mod:`sklearn_roll._ops` says (constants made absolute, subtractions turned into
+    additions), and each activation multiplies by the absolute value of its frozen
+    slope. The results bound, term by term, what the module's float64 forward pass
+    sums at that point; ``counts`` holds, per recorded activation call, how many
+    roundings reach its input (the longest chain of inner products and sums).
+
+    Attributes
+    ----------
+    counts : list of int
+        Roundings that reach each activation call's input.
+    output_count : int
+        Roundings that reach the output (set by :func:`run`).
+    """
+
+    def __init__(self, module: nn.Module, inputs: Tensor, patterns: list[Tensor]) -> None:
+        super().__init__(module, inputs, patterns)
+        self.counts: list[int] = []
+        self.output_count = 0
+        self._roundings: dict[int, int] = {id(inputs): 0}
+
+    def rounds(self, tensor: Tensor) -> int:
+        """The roundings that reach an input-dependent tensor."""
+        return self._roundings.get(id(tensor), 0)
+
+    def _count(self, obj: Any, count: int) -> None:
+        for tensor in tensors(obj):
+            self._roundings[id(tensor)] = count
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        dependent = [t for t in tensors((args, kwargs)) if self.is_dependent(t)]
+        if not dependent:
+            return func(*args, **kwargs)
+        name, rule, inplace = lookup(func)
+        if rule.kind == "constant":
+            return func(*args, **kwargs)
+        if rule.kind == "activation":
+            return self._activation(func, name, rule.slope, inplace, args, kwargs)
+        reason = rule.refusal(args, kwargs, dependent, self.is_dependent)
+        if reason:
+            self._refuse(name, reason)
+        out = rule.on_magnitudes(func, name, args, kwargs, self.is_dependent)
+        count = max(self.rounds(t) for t in dependent) + rule.roundings(args, kwargs, out)
+        self._mark(out)
+        self._count(out, count)
+        if inplace and args:
+            self._mark(args[0])
+            self._count(args[0], count)
+        return out
+
+    def _activation(self, func, name, position, inplace, args, kwargs):
+        z = args[0] if args else kwargs["input"]
+        count = self.rounds(z)
+        index = len(self.pre)
+        slope = 0.0
+        if position is not None:
+            given = args[position] if len(args) > position else kwargs.get("negative_slope", 0.01)
+            slope = float(given)
+        mask = _UNIT_MASK.get()
+        self.pre.append(z)
+        self.masks.append(None if mask is None else mask.expand(z.shape))
+        self.negative_slopes.append(slope)
+        self.counts.append(count)
+        on = self.patterns[index].reshape(z.shape)
+        out = z * frozen_slopes(on, abs(slope), z.dtype)
+        self._mark(out)
+        # Multiplying by 1 or 0 is exact; by another slope, one rounding.
+        self._count(out, count + (0 if slope in (0.0, 1.0) else 1))
         return out
 
 

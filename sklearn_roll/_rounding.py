@@ -32,6 +32,29 @@ modules, certificates are computed in float64 whatever ``precision`` says (l_p
 margins and radii still enlarge the norms by ``1 + FLOAT32_RTOL`` for ``"float32"``,
 so the bounds above hold for every module).
 
+Float64 values carry a rigorous allowance too, so that no certificate exceeds the
+exact value, the one of the network in real arithmetic at the given float64 point:
+
+* :func:`float64_errors` bounds the rounding of the float64 record and of any
+  linearization: a value that r roundings reach errs by at most ``gamma_r`` (u =
+  2^-53) times the sum of the absolute values of its terms, which
+  :func:`~sklearn_roll.linearize.magnitudes` computes (the network on ``|x|`` with
+  absolute weights and biases and absolute frozen slopes), with r counted along the
+  longest chain of inner products and sums (:mod:`sklearn_roll._ops` says, per
+  operation, how many roundings it adds);
+* the distance of a unit to its boundary enters as ``|z| - error(z)``, its gradient
+  norm as ``||g||_q + error`` (the q-norm of the entrywise errors is at most their
+  sum, the error bound of the Jacobian's row along the all-ones tangent), and a
+  directional rate with its error, so that a rate that may head towards the
+  boundary counts (:func:`~sklearn_roll._margins.crossing`);
+* a sample where a unit's sign is within its rounding error of zero gets a
+  certificate of 0: its activation pattern is not certain.
+
+So float64 certificates (margins, radii, directional margins and stability bounds)
+never exceed the exact values and lie below them by a relative amount of the order
+of ``gamma_r`` times the ratio of a unit's magnitude to its value, which is tiny
+except for units within rounding distance of their boundaries.
+
 Values too large for float64 (the network's pre-activations, outputs or gradients
 overflow) are refused with a ``ValueError``, never reported as NaN.
 """
@@ -47,10 +70,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._chain import Chain, chain_vjp
-from ._linearization import AxisTangents, Linearization
+from ._linearization import AxisTangents, Linearization, Magnitudes
 from ._margins import Block, decision_terms, dual_order, min_ratio, norm_reducer, ratios
 from ._recording import frozen_slopes
-from .linearize import linearize
+from .linearize import linearize, magnitudes
 
 __all__ = [
     "FLOAT32_RTOL",
@@ -58,7 +81,11 @@ __all__ = [
     "Float32Chain",
     "chain_rounding",
     "float32_bounded",
+    "float64_blocks",
+    "float64_errors",
+    "gamma64",
     "sound_min",
+    "unsure",
 ]
 
 FLOAT32_RTOL = 1e-4
@@ -79,6 +106,103 @@ SMALLEST_ACCURATE32 = _TINY32 / float(torch.finfo(torch.float32).eps)
 _BOOKKEEPING = 1e-9
 # Gradient rows recomputed exactly per call of the refinement (bounds their memory).
 _REFINE_CHUNK = 4096
+# IEEE float64 unit roundoff; the final ratios are lowered by a few of them for the
+# roundings of the subtraction, the sum and the division that form them.
+_U64 = 2.0**-53
+SHRINK64 = 1 - 16 * _U64
+"""The factor that covers the float64 roundings in forming a certificate's ratios."""
+
+
+def gamma64(m: int) -> float:
+    """Higham's gamma_m for float64: the relative error bound of m rounded operations."""
+    return m * _U64 / (1 - m * _U64)
+
+
+def float64_errors(
+    module: nn.Module, x: Tensor, tangents: Tensor | AxisTangents | str, patterns: list[Tensor]
+) -> Magnitudes:
+    """Bounds on the float64 rounding errors of the record and a linearization at ``x``.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The float64 network.
+    x : Tensor of shape (n, ...), float64
+        The points.
+    tangents : Tensor of shape (k, n, ...), AxisTangents or "basis"
+        The tangents of the linearization, made absolute: ``|d|`` for a direction,
+        the basis for stability bounds, all ones for a bound on the errors' row sums.
+    patterns : list of Tensor of bool
+        The float64 activation pattern.
+
+    Returns
+    -------
+    Magnitudes
+        Whose entries bound ``|computed - exact|`` of the pre-activations, outputs and
+        their derivatives along the tangents.
+    """
+    bounds = magnitudes(module, x, tangents, patterns)
+
+    def scale(r: int) -> float:
+        # gamma_r times the exact magnitude, which the computed one (a sum without
+        # cancellation, r roundings deep) underestimates by at most gamma_r, plus the
+        # rounding of this product.
+        return gamma64(2 * r + 4)
+
+    return Magnitudes(
+        pre=[scale(r) * t for t, r in zip(bounds.pre, bounds.roundings)],
+        pre_tangents=[scale(r) * t for t, r in zip(bounds.pre_tangents, bounds.roundings)],
+        output=scale(bounds.output_roundings) * bounds.output,
+        output_tangents=scale(bounds.output_roundings) * bounds.output_tangents,
+        roundings=bounds.roundings,
+        output_roundings=bounds.output_roundings,
+    )
+
+
+def unsure(exact: Linearization, errors: Magnitudes) -> Tensor:
+    """Per sample, whether some counted unit's sign is within its rounding error of zero."""
+    flags = torch.zeros(exact.output.shape[0], dtype=torch.bool)
+    for z, error, counted in zip(exact.pre, errors.pre, exact.counted):
+        doubt = (z.abs() <= error) & (error > 0)
+        if counted is not None:
+            doubt &= counted
+        flags |= doubt.any(dim=1)
+    return flags
+
+
+def float64_blocks(
+    exact: Linearization, lin: Linearization, errors: Magnitudes, q: float, decision: bool
+) -> list[Block]:
+    """Ratio blocks of float64 norms ``lin.pre_tangents`` with their rounding allowances.
+
+    ``errors`` are :func:`float64_errors` along the all-ones tangent (one per
+    sample); ``lin`` holds the q-norms of k tangents per row and its output
+    tangents (when ``decision``).
+    """
+    k = lin.output_tangents.shape[2] if lin.output_tangents is not None else 1
+    # The norm's own computation: k squares or magnitudes, their sum, a square root.
+    grow = 1 + gamma64(k + 2)
+    blocks = [
+        Block((z.abs() - ez).clamp(min=0), (norm + eg[:, :, 0]) * grow, counted)
+        for z, norm, counted, ez, eg in zip(
+            exact.pre, lin.pre_tangents, lin.counted, errors.pre, errors.pre_tangents
+        )
+    ]
+    if decision:
+        gap, norm, y, others = decision_terms(lin.output_tangents, exact.output, q)
+        blocks.append(_decision_block(gap, norm, y, others, errors, grow))
+    return blocks
+
+
+def _decision_block(
+    gap: Tensor, norm: Tensor, y: Tensor, others: Tensor, errors: Magnitudes, grow: float
+) -> Block:
+    """The logit gaps and their gradients' norms, with both logits' rounding allowances."""
+    pick = y[:, None]
+    gap_error = errors.output.gather(1, pick) + errors.output
+    slope_error = errors.output_tangents[:, :, 0]
+    slope_error = slope_error.gather(1, pick) + slope_error
+    return Block(gap - gap_error, (norm + slope_error) * grow, others)
 
 
 def float32_bounded(precision: str, chain: Chain | None, module: nn.Module) -> bool:
@@ -248,6 +372,9 @@ class Float32Chain:
         self.features = features
         self.q = dual_order(p)
         self.absolute = [linear.weight.detach().abs() for linear, _ in chain]
+        # A bound on how far the squared norms in the row-space basis may differ
+        # from those over all input axes (0 when the basis is not used).
+        self.basis_error = 0.0
         self.first, self._tangents, self.k = self._first_layer()
 
     def _first_layer(self) -> tuple[Tensor, Callable[[int], Any], int]:
@@ -268,6 +395,7 @@ class Float32Chain:
         # l2 norms are those of the rows times an orthonormal basis of the first
         # layer's row space, computed in float64 and rounded to float32 once.
         basis = torch.linalg.qr(weight.T).Q
+        self.basis_error = _basis_error(weight, basis)
         directions = basis.float()
         rounded = directions.double()
         spread = weight.abs() @ rounded.abs()
@@ -282,11 +410,16 @@ class Float32Chain:
 
         return first, tangents, width
 
-    def blocks(self, xb: Tensor, exact: Linearization, decision: bool) -> list[Block]:
+    def blocks(
+        self, xb: Tensor, exact: Linearization, decision: bool, allowance: Magnitudes
+    ) -> list[Block]:
         """Ratio blocks of a float32 batch ``xb`` at the float64 pattern of ``exact``.
 
-        Each block's ``error`` bounds its float32 norms' rounding; ``exact``
-        recomputes selected norms in float64.
+        Each block's ``error`` bounds its float32 norms' rounding (and, with the
+        row-space basis, the basis' departure from orthonormality); ``exact``
+        recomputes selected norms in float64, with their float64 allowance; the
+        distances ``|z|`` are lowered by the record's float64 allowance
+        (``allowance``: :func:`float64_errors` along the all-ones tangent).
         """
         n, q, k = len(xb), self.q, self.k
         patterns = [z > 0 for z in exact.pre]
@@ -306,25 +439,70 @@ class Float32Chain:
             k,
             q,
         )
+        basis = self._basis_allowance(slopes, [*norms, None], [*errors])
         blocks = [
-            Block(z.abs(), norm, error=error + r, exact=self._exact_norms(patterns, i, q))
-            for i, (z, norm, r, error) in enumerate(zip(exact.pre, norms, rounding, errors))
+            Block(
+                (z.abs() - ez).clamp(min=0),
+                norm,
+                error=error + r + b,
+                exact=self._exact_norms(patterns, i, q, allowance.roundings[i]),
+            )
+            for i, (z, norm, r, error, ez, b) in enumerate(
+                zip(exact.pre, norms, rounding, errors, allowance.pre, basis)
+            )
         ]
         if decision:
             gap, norm, y, others = decision_terms(lin.output_tangents.double(), exact.output, q)
+            pick = y[:, None]
             # The rows of the differences err by at most the sum of both rows' errors.
-            error = errors[-1].gather(1, y[:, None]) + errors[-1]
-            exact_norms = self._exact_norms(patterns, len(patterns), q, y)
-            blocks.append(Block(gap, norm, others, error=error, exact=exact_norms))
+            error = errors[-1].gather(1, pick) + errors[-1] + basis[-1].gather(1, pick) + basis[-1]
+            gap_error = allowance.output.gather(1, pick) + allowance.output
+            exact_norms = self._exact_norms(
+                patterns, len(patterns), q, allowance.output_roundings, y
+            )
+            blocks.append(Block(gap - gap_error, norm, others, error=error, exact=exact_norms))
         return blocks
 
+    def _basis_allowance(
+        self, slopes: list[Tensor], norms: list[Tensor | None], errors: list[Tensor]
+    ) -> list[Tensor]:
+        """Per row, how far its norm in the row-space basis may be from the true one.
+
+        For a row ``c W1`` the squared norms differ by at most ``eps ||c||^2`` (eps
+        bounds ``||W1 Q Q^T W1^T - W1 W1^T||``), so the norms by ``min(sqrt(eps) ||c||,
+        eps ||c||^2 / lower)`` with ``lower`` a lower bound on the computed norm;
+        ``||c||`` is bounded by pushing ones through the absolute chain.
+        """
+        eps = self.basis_error
+        if eps == 0:
+            return [torch.zeros_like(error) for error in errors]
+        out: list[Tensor] = []
+        size = torch.ones_like(errors[0])
+        for i, error in enumerate(errors):
+            if i:
+                size = (slopes[i - 1].abs() * size) @ self.absolute[i].T
+            loose = math.sqrt(eps) * size
+            if norms[i] is None:
+                out.append(loose)
+                continue
+            lower = (norms[i] - error).clamp(min=0)
+            tight = eps * size**2 / torch.where(lower > 0, lower, 1)
+            out.append(torch.where(lower > 0, torch.minimum(loose, tight), loose))
+        return out
+
     def _exact_norms(
-        self, patterns: list[Tensor], layer: int, q: float, predicted: Tensor | None = None
+        self,
+        patterns: list[Tensor],
+        layer: int,
+        q: float,
+        roundings: int,
+        predicted: Tensor | None = None,
     ) -> Callable[[Tensor, Tensor], Tensor]:
         """Float64 q-norms of selected gradient rows of a layer, by reverse mode.
 
         Hidden layers: the gradient of unit ``cols``. Output (with ``predicted``):
-        the gradient of logit ``predicted`` minus logit ``cols``.
+        the gradient of logit ``predicted`` minus logit ``cols``. Each norm is raised
+        by its float64 allowance (the row's magnitudes, ``roundings`` deep).
         """
 
         def exact_norms(rows: Tensor, cols: Tensor) -> Tensor:
@@ -334,7 +512,31 @@ class Float32Chain:
             cotangents = F.one_hot(cols, width).double()
             if predicted is not None:
                 cotangents = F.one_hot(predicted[rows], width).double() - cotangents
-            grads = chain_vjp(self.exact, [on[rows] for on in patterns], layer, cotangents)
-            return torch.linalg.vector_norm(grads, ord=q, dim=1)
+            on = [pattern[rows] for pattern in patterns]
+            grads = chain_vjp(self.exact, on, layer, cotangents)
+            spread = chain_vjp(self.exact, on, layer, cotangents.abs(), absolute=True)
+            allowance = gamma64(2 * roundings + 4) * spread.sum(dim=1)
+            norm = torch.linalg.vector_norm(grads, ord=q, dim=1) + allowance
+            return norm * (1 + gamma64(grads.shape[1] + 2))
 
         return exact_norms
+
+
+def _basis_error(weight: Tensor, basis: Tensor) -> float:
+    """A bound on ``||W Q Q^T W^T - W W^T||_2`` in exact arithmetic, Q the computed basis.
+
+    The Frobenius norm of the computed difference, plus bounds on the rounding of
+    every product that forms it.
+    """
+    d, width = basis.shape
+    product = weight @ basis
+    spread = weight.abs() @ basis.abs()
+    product_error = gamma64(d) * spread
+    difference = product @ product.T - weight @ weight.T
+    slack = (
+        gamma64(width) * (product.abs() @ product.abs().T)
+        + 2 * product_error @ (product.abs() + product_error).T
+        + gamma64(d) * (weight.abs() @ weight.abs().T)
+    )
+    total = torch.linalg.matrix_norm(difference) * (1 + 4 * _U64) + torch.linalg.matrix_norm(slack)
+    return float(total) * (1 + gamma64(2 * (d + width) + 8))

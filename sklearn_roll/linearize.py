@@ -30,13 +30,21 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vmap
 
-from ._chain import chain_linearize, linear_chain
-from ._linearization import AxisTangents, Linearization, Reduce, Tangents
-from ._recording import UnsupportedOperationError, first_output, frozen_slopes, run, unit_mask
+from ._chain import chain_linearize, chain_magnitudes, linear_chain
+from ._linearization import AxisTangents, Linearization, Magnitudes, Reduce, Tangents
+from ._recording import (
+    MagnitudeRecorder,
+    UnsupportedOperationError,
+    first_output,
+    frozen_slopes,
+    run,
+    unit_mask,
+)
 
 __all__ = [
     "AxisTangents",
     "Linearization",
+    "Magnitudes",
     "UnsupportedOperationError",
     "check_supported",
     "first_output",
@@ -44,6 +52,7 @@ __all__ = [
     "frozen_slopes",
     "linear_chain",
     "linearize",
+    "magnitudes",
     "record",
     "tangent_count",
     "unit_mask",
@@ -302,3 +311,73 @@ def linearize(
     elif isinstance(tangents, AxisTangents):
         tangents = tangents.dense(x)
     return _general_linearize(module, x, tangents, reduce, patterns)
+
+
+def magnitudes(
+    module: nn.Module, x: Tensor, tangents: Tensor | AxisTangents | str, patterns: list[Tensor]
+) -> Magnitudes:
+    """Bounds on the terms a float64 evaluation of the network at ``x`` sums.
+
+    The network is run on ``|x|`` with every constant (weights, biases, fill values)
+    made absolute, subtractions turned into additions and each activation frozen to
+    the absolute value of its slope in ``patterns``; ``tangents`` (non-negative) are
+    pushed through the linear part of that absolute network. By the standard model of
+    floating-point arithmetic, a value that ``r`` roundings reach errs by at most
+    ``gamma_r`` times its bound (see :mod:`sklearn_roll._rounding`).
+
+    Parameters
+    ----------
+    module : nn.Module
+        A piecewise-linear network in float64 and eval mode.
+    x : Tensor of shape (n, ...)
+        The points (NaN marks sequence padding, as for the module).
+    tangents : Tensor of shape (k, n, ...), AxisTangents or "basis"
+        Non-negative tangent directions (e.g. ``|d|``, or ones for a bound on row
+        sums of the Jacobian).
+    patterns : list of Tensor of bool
+        The activation pattern, one (n, u) tensor per activation call.
+
+    Returns
+    -------
+    Magnitudes
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.linearize import magnitudes, record
+    >>> from sklearn_roll.nn import MLP
+    >>> net, x = MLP(3, 2, hidden_layer_sizes=(4,)).double(), torch.randn(5, 3).double()
+    >>> on = [z > 0 for z in record(net, x).pre]
+    >>> magnitudes(net, x, "basis", on).roundings
+    [4]
+    """
+    chain = linear_chain(module)
+    if chain is not None and x.dim() == 2:
+        with torch.no_grad():
+            return chain_magnitudes(chain, x, tangents, patterns)
+    if isinstance(tangents, str):
+        tangents = _basis_tangents(x)
+    elif isinstance(tangents, AxisTangents):
+        tangents = tangents.dense(x)
+    n, k = x.shape[0], tangents.shape[0]
+    meta: dict[str, Any] = {}
+
+    def f(inp: Tensor):
+        recorder = MagnitudeRecorder(module, inp, patterns)
+        with recorder:
+            out = module(inp)
+        meta["roundings"] = recorder.counts
+        meta["output"] = recorder.rounds(out[0] if isinstance(out, (tuple, list)) else out)
+        return first_output(out), tuple(recorder.pre)
+
+    with torch.no_grad():
+        primal, tangent = vmap(lambda v: jvp(f, (x.abs(),), (v,)), randomness="same")(tangents)
+    (out, pre), (out_t, pre_t) = _map(lambda t: t[0], primal), tangent
+    return Magnitudes(
+        pre=[_flat(z, n) for z in pre],
+        pre_tangents=[t.reshape(k, n, -1).permute(1, 2, 0) for t in pre_t],
+        output=out,
+        output_tangents=out_t.reshape(k, n, -1).permute(1, 2, 0),
+        roundings=list(meta["roundings"]),
+        output_roundings=int(meta["output"]),
+    )

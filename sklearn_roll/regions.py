@@ -22,16 +22,21 @@ bounds and gradients concern the composed function and are in the units of the r
 features that the pipeline receives. Any other step raises a ``ValueError`` naming it.
 
 Precision. Certificates concern the network as a real-valued function of its
-weights, at the activation pattern of a float64 forward pass. ``precision="float64"``
-computes everything in float64. ``precision="float32"`` (the default) computes the
-Jacobians of Linear chains (:class:`~sklearn_roll.nn.MLP`) in float32 with a rigorous
-bound on every rounding error, recomputing in float64 the units whose bound is too
-loose, so that a float32 margin m32 and the float64 one m64 satisfy
-``m64 * (1 - FLOAT32_RTOL) / (1 + FLOAT32_RTOL) <= m32 <= m64``. Other networks, and
-directional margins and stability bounds (single partial derivatives, whose float32
-rounding has no useful relative bound), compute in float64. Values too large for
-float64 (overflowing pre-activations, outputs or gradients) are refused with a
-``ValueError``, never reported as NaN.
+weights at the given point, in exact arithmetic. Every certificate is a lower bound
+on that exact value: the float64 rounding of the pre-activations, outputs and their
+derivatives is bounded rigorously (from the magnitudes of the terms each value sums)
+and taken off distances and added to gradient norms, and a sample with a unit within
+its rounding error of its boundary gets 0. ``precision="float64"`` computes
+everything in float64, which makes that allowance negligible (of the order of 1e-15
+relative) except next to boundaries. ``precision="float32"`` (the default) computes
+the Jacobians of Linear chains (:class:`~sklearn_roll.nn.MLP`) in float32 with a
+rigorous bound on every rounding error, recomputing in float64 the units whose bound
+is too loose, so that a float32 margin m32 and the float64 one m64 satisfy
+``m64 * (1 - FLOAT32_RTOL) / (1 + FLOAT32_RTOL) <= m32 <= m64`` up to the float64
+allowance. Other networks, and directional margins and stability bounds (single
+partial derivatives, whose float32 rounding has no useful relative bound), compute in
+float64. Values too large for float64 (overflowing pre-activations, outputs or
+gradients) are refused with a ``ValueError``, never reported as NaN.
 """
 
 from __future__ import annotations
@@ -208,7 +213,9 @@ def directional_margin(
 
     The largest t such that ``x + s d`` stays in the linear region of x for all
     ``s`` in ``[0, t]``, with d the direction scaled to unit l2 norm. Computed in
-    float64: a single directional derivative has no useful float32 rounding bound.
+    float64 (a single directional derivative has no useful float32 rounding bound),
+    with a rigorous allowance for its rounding: never above the exact distance
+    (see *Precision* in :mod:`sklearn_roll.regions`).
 
     Parameters
     ----------
@@ -290,7 +297,8 @@ def stability_bounds(
     ``upper_k = t(e_k)``, the directional margins along the coordinate axes: moving
     only that value within the interval provably leaves the gradient unchanged
     (the paper's Figure 3). NaN at padded positions of sequences. Computed in
-    float64, like :func:`directional_margin`.
+    float64 like :func:`directional_margin`, and likewise never above the exact
+    bounds.
 
     Parameters
     ----------

@@ -6,6 +6,7 @@ Every function works on a float64 copy of the module it is given.
 from __future__ import annotations
 
 import copy
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -109,3 +110,140 @@ def ball_points(x, r, p, z, g, rng):
         points.append(rng.choice([-1.0, 1.0], size=(300, d)) * r)
         points.append((-sign * np.sign(g))[nonzero] * r)
     return x + np.concatenate(points) * INSIDE
+
+
+class _Frozen(nn.Module):
+    """Multiplication by fixed slopes: an activation with its pattern frozen."""
+
+    def __init__(self, slopes):
+        super().__init__()
+        self.slopes = slopes
+
+    def forward(self, z):
+        return z * self.slopes
+
+
+def absolute_network(module: nn.Module, x: np.ndarray) -> nn.Module:
+    """The float64 network with absolute weights and each activation frozen to |slope|.
+
+    The pattern is the float64 one at the rows of x (one row at a time: the result
+    serves that row only when x has one row).
+    """
+    module = copy.deepcopy(module).double().eval()
+    _, pre = preactivations(module, torch.tensor(x, dtype=torch.float64))
+    absolute = copy.deepcopy(module)
+    with torch.no_grad():
+        for param in absolute.parameters():
+            param.abs_()
+    calls = iter(pre)
+    for parent in list(absolute.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, ACTIVATION_TYPES):
+                slope = abs(getattr(child, "negative_slope", 0.0))
+                on = next(calls) > 0
+                setattr(parent, name, _Frozen(torch.where(on, 1.0, torch.tensor(slope).double())))
+    return absolute
+
+
+def magnitude_rows(module: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For one point, magnitudes of the units and outputs, and their Jacobian row sums.
+
+    The absolute network at |x| bounds the terms each pre-activation (then each
+    output) sums; its derivative along the all-ones direction is the row sum of the
+    absolute Jacobian. Works for modules whose activations are modules applied once
+    each, in order.
+    """
+    absolute = absolute_network(module, x)
+    captured = []
+    hooks = [
+        sub.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+        for sub in absolute.modules()
+        if isinstance(sub, _Frozen)
+    ]
+    xt = torch.tensor(np.abs(x), dtype=torch.float64, requires_grad=True)
+    try:
+        out = absolute(xt)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    values = torch.cat([*(z.reshape(len(x), -1) for z in captured), out], dim=1)
+    sums = [
+        torch.autograd.grad(values[0, u], xt, retain_graph=True)[0].sum().item()
+        for u in range(values.shape[1])
+    ]
+    return values.detach().numpy()[0], np.array(sums)
+
+
+def _dual_linear(weight, bias, inputs):
+    """An exact affine layer on (value, derivatives) pairs of Fractions."""
+    out = []
+    for i, row in enumerate(weight):
+        value = sum((w * v for w, (v, _) in zip(row, inputs)), Fraction(0)) + bias[i]
+        rates = [
+            sum((w * r[k] for w, (_, r) in zip(row, inputs)), Fraction(0))
+            for k in range(len(inputs[0][1]))
+        ]
+        out.append((value, rates))
+    return out
+
+
+def _dual_activation(slope, inputs, pre):
+    pre.append(inputs)
+    s = Fraction(slope)
+    return [(v, r) if v > 0 else (s * v, [s * x for x in r]) for v, r in inputs]
+
+
+def _fractions(tensor):
+    return [[Fraction(float(v)) for v in row] for row in tensor.detach().double().tolist()]
+
+
+def _layer(linear):
+    bias = linear.bias.detach().double().tolist() if linear.bias is not None else None
+    return _fractions(linear.weight), [Fraction(b) for b in bias or [0.0] * linear.out_features]
+
+
+def exact_linearization(module: nn.Module, x, tangents):
+    """Pre-activations, outputs and their derivatives in exact rational arithmetic.
+
+    The network's weights are taken as the exact values of their float64 copies, the
+    point ``x`` (one sample, 1-D) and the ``tangents`` (a list of 1-D arrays) as exact
+    rationals, and every activation follows the exact sign of its input. For
+    ``nn.Sequential`` chains of Linear / ReLU / LeakyReLU and the modules of
+    ``tests/modules.py``.
+
+    Returns
+    -------
+    pre : list of (Fraction, list of Fraction)
+        Every unit's value and derivatives, in recording order.
+    out : list of (Fraction, list of Fraction)
+        The outputs.
+    """
+    h = [
+        (Fraction(float(v)), [Fraction(float(t[i])) for t in tangents])
+        for i, v in enumerate(np.asarray(x).ravel())
+    ]
+    pre: list = []
+
+    def slope(act):
+        return getattr(act, "negative_slope", 0.0)
+
+    if isinstance(module, nn.Sequential):
+        for layer in module:
+            if isinstance(layer, nn.Linear):
+                h = _dual_linear(*_layer(layer), h)
+            else:
+                h = _dual_activation(slope(layer), h, pre)
+        return [u for block in pre for u in block], h
+    h = _dual_activation(slope(module.act), _dual_linear(*_layer(module.inp), h), pre)
+    if hasattr(module, "hidden"):
+        for linear, act, skip in zip(module.hidden, module.acts, module.skips):
+            a = _dual_activation(slope(act), _dual_linear(*_layer(linear), h), pre)
+            h = [_dual_add(u, v) for u, v in zip(a, h)] if skip else a
+    else:
+        a = _dual_activation(slope(module.act2), _dual_linear(*_layer(module.block), h), pre)
+        h = [_dual_add(u, v) for u, v in zip(h, a)]
+    return [u for block in pre for u in block], _dual_linear(*_layer(module.out), h)
+
+
+def _dual_add(u, v):
+    return u[0] + v[0], [a + b for a, b in zip(u[1], v[1])]

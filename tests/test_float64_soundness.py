@@ -4,12 +4,20 @@ Frozen slopes once went through float32 (``torch.where`` with two Python scalars
 float64 certificate used 0.009999999776482582 where the network computes with 0.01.
 """
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from modules import Residual
+from reference import exact_linearization
 from sklearn_roll import ROLLClassifier
-from sklearn_roll.regions import certified_radius
+from sklearn_roll._evaluation import Evaluator
+from sklearn_roll.regions import certified_radius, module_margin
+from strategies import inputs, networks
 
 # float32(0.01) and the gap between it and the float64 slope: the exact gradient of a
 # unit that weighs an off unit with -float32(0.01) against its on twin.
@@ -50,7 +58,7 @@ def cancelling_net():
     with torch.no_grad():
         for linear, (weight, bias) in zip(linears, weights):
             linear.weight.copy_(torch.tensor(weight))
-            linear.bias.copy_(torch.tensor(bias))
+            linear.bias.copy_(torch.tensor(bias, dtype=torch.float64))
     assert z3 > 0 and z3 / RESIDUAL > 1, "unit 3 must stay on across the region"
     return clf
 
@@ -66,3 +74,142 @@ def test_radius_does_not_skip_a_unit_with_a_tiny_true_gradient(cancelling_net, p
     radius = certified_radius(cancelling_net, np.zeros((1, 2)), p, precision=precision)[0]
     assert radius <= TIE * (1 + 1e-4)
     assert radius >= TIE * (1 - 1e-3)
+
+
+# ---------------------------------------------------------------- exact arithmetic
+#
+# The certificates concern the network in real arithmetic at the given float64 point.
+# tests/reference.py evaluates small networks exactly, in rationals, so every
+# certificate can be checked to never exceed the exact value, whatever float64
+# rounding does on the way.
+
+
+def _qnorm_above(values, q):
+    """||v||_q of rationals, or its square for q=2 (to stay rational)."""
+    if q == 2:
+        return sum(v * v for v in values)
+    if q == np.inf:
+        return max((abs(v) for v in values), default=Fraction(0))
+    return sum(abs(v) for v in values)
+
+
+def _within(cert, distance_numerator, norm, q):
+    """cert <= |numerator| / ||g||_q, exactly (norm is the squared norm for q=2)."""
+    c = Fraction(cert)
+    if q == 2:
+        return c * c * norm <= distance_numerator * distance_numerator
+    return c * norm <= abs(distance_numerator)
+
+
+def _crossing(z, rate):
+    """Exact distance along a direction at which a unit changes state (None: never)."""
+    if z == 0:
+        return Fraction(0) if rate > 0 else None
+    return abs(z) / abs(rate) if z * rate < 0 else None
+
+
+def assert_never_above_exact(module, x, rng):
+    """Margins, radii, directional margins and stability bounds against exact values."""
+    n, d = x.shape
+    directions = rng.randn(n, d)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    exact_evaluator = Evaluator(module, x, "float64")
+    along = exact_evaluator.directional(directions, None)
+    lower, upper = exact_evaluator.axis_bounds(None)
+    certificates = {
+        (p, precision, decision): module_margin(
+            module, x, p, precision=precision, decision=decision
+        )
+        for p in (1, 2, np.inf)
+        for precision in ("float32", "float64")
+        for decision in (False, True)
+    }
+    for i in range(n):
+        pre, out = exact_linearization(module, x[i], [*np.eye(d), directions[i]])
+        for (p, precision, decision), values in certificates.items():
+            q = {1: np.inf, 2: 2, np.inf: 1}[p]
+            cert = values[i]
+            rows = [(z, rates[:d]) for z, rates in pre]
+            if decision and len(out) > 1:
+                y = max(range(len(out)), key=lambda k: out[k][0])
+                for k, (value, rates) in enumerate(out):
+                    if k != y:
+                        gap = out[y][0] - value
+                        rows.append((gap, [a - b for a, b in zip(out[y][1][:d], rates[:d])]))
+                        assert gap > 0 or cert == 0, (p, precision, cert, float(gap))
+            for z, g in rows:
+                norm = _qnorm_above(g, q)
+                if norm > 0:
+                    assert _within(cert, z, norm, q), (p, precision, decision, cert, float(z))
+            if cert == np.inf:
+                assert all(_qnorm_above(g, q) == 0 for _, g in rows)
+        crossings = [t for z, rates in pre if (t := _crossing(z, rates[d])) is not None]
+        if crossings:
+            assert Fraction(along[i]) <= min(crossings), (along[i], float(min(crossings)))
+        for k in range(d):
+            up = [t for z, rates in pre if (t := _crossing(z, rates[k])) is not None]
+            down = [t for z, rates in pre if (t := _crossing(z, -rates[k])) is not None]
+            if up:
+                assert Fraction(upper[i, k]) <= min(up)
+            if down:
+                assert Fraction(-lower[i, k]) <= min(down)
+
+
+def test_float64_rounding_cannot_inflate_a_margin():
+    """z2 = fl(fl(0.1 + 0.2) - 0.3) = 5.55e-17, twice the exact 0.1 + 0.2 - 0.3.
+
+    Every layer has one input, so each value is one rounding, the same on any machine
+    (with or without fused multiply-adds, since every weight is 1). Without an
+    allowance for the rounding the margin of z2 would be claimed twice too large.
+    """
+    module = torch.nn.Sequential(
+        torch.nn.Linear(1, 1),
+        torch.nn.ReLU(),
+        torch.nn.Linear(1, 1),
+        torch.nn.ReLU(),
+        torch.nn.Linear(1, 2),
+    ).double()
+    with torch.no_grad():
+        for linear, bias in ((module[0], [0.2]), (module[2], [-0.3]), (module[4], [0.0, 0.0])):
+            linear.weight.fill_(1.0)
+            linear.bias.copy_(torch.tensor(bias, dtype=torch.float64))
+        module[4].weight[1] = -1.0
+    x = np.array([[0.1]])
+    computed = float(module[:3](torch.from_numpy(x))[0, 0])
+    exact = Fraction(0.1) + Fraction(0.2) - Fraction(0.3)
+    assert computed == 2 * float(exact) > 0, "the rounding must double z2"
+    assert_never_above_exact(module.eval(), x, np.random.RandomState(0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("kind", ["chain", "residual"])
+def test_certificates_never_exceed_exact_values(kind, seed):
+    torch.manual_seed(seed)
+    rng = np.random.RandomState(seed)
+    if kind == "chain":
+        module = torch.nn.Sequential(
+            torch.nn.Linear(4, 6),
+            torch.nn.LeakyReLU(0.1),
+            torch.nn.Linear(6, 5),
+            torch.nn.ReLU(),
+            torch.nn.Linear(5, 3),
+        )
+    else:
+        module = Residual(4, 3, width=6)
+    module = module.eval()
+    x = rng.randn(5, 4)
+    assert_never_above_exact(module, x, rng)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=settings.default.max_examples // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_no_certificate_exceeds_its_exact_value(data):
+    """Random chains and residual modules, points next to their region boundaries."""
+    module = data.draw(networks(max_exponent=2.0))
+    x = data.draw(inputs(module, min_offset=-16.0))
+    assert_never_above_exact(module, x, np.random.RandomState(data.draw(st.integers(0, 99))))

@@ -102,7 +102,9 @@ def test_padding_changes_nothing(rnn_model):
     short, long = _padded(X), _padded(X, t_max=max(len(x) for x in X) + 4)
     np.testing.assert_array_equal(clf.predict_proba(short), clf.predict_proba(long))
     np.testing.assert_array_equal(clf.predict_proba(X), clf.predict_proba(short))
-    np.testing.assert_allclose(clf.certified_margin(short), clf.certified_margin(long), rtol=1e-12)
+    # Equal up to the float64 rounding allowance, whose count of roundings per value
+    # grows with the padded length.
+    np.testing.assert_allclose(clf.certified_margin(short), clf.certified_margin(long), rtol=1e-10)
     g_short, g_long = clf.explain(short), clf.explain(long)
     np.testing.assert_allclose(g_short, g_long[:, : short.shape[1]], rtol=1e-6, atol=1e-9)
     assert np.isnan(g_long[:, short.shape[1] :]).all()
