@@ -457,11 +457,6 @@ _COMMON_DOC = """
     **kwargs
         Everything else skorch accepts: ``module__*``, ``optimizer__*``,
         ``callbacks``, ``device``, ``iterator_train__*``, ``warm_start``, ...
-
-    The defaults were chosen by ``benchmarks/defaults.py``, which trains the default
-    network on scikit-learn's tabular sets over a grid of ``lam`` and ``C`` and keeps
-    the largest median-margin gain among the settings whose mean accuracy stays
-    within a point of plain training (``benchmarks/results/defaults.md``).
 """
 
 _FITTED_DOC = """
@@ -482,6 +477,11 @@ _FITTED_DOC = """
 _NOTES_DOC = """
     Notes
     -----
+    The defaults were chosen by ``benchmarks/defaults.py``, which trains the default
+    network on scikit-learn's tabular sets over a grid of ``lam`` and ``C`` and keeps
+    the largest median-margin gain among the settings whose mean accuracy stays
+    within a point of plain training (``benchmarks/results/defaults.md``).
+
     Saving and loading: ``pickle`` and ``joblib`` keep the whole estimator. A net
     pickled with ``device="cuda"`` unpickles on a machine without a GPU with
     ``device="cpu"`` (skorch maps the tensors and warns). skorch's ``save_params``

@@ -1,6 +1,6 @@
-"""The ROLL regulariser (DESIGN section 4), exact and approximate.
+"""The ROLL regulariser of Lee, Alvarez-Melis and Jaakkola (ICLR 2019), exact and approximate.
 
-Per example x and counted hidden unit u the relaxed per-unit loss is
+Per example x and counted hidden unit u the relaxed per-unit loss is::
 
     t_u(x) = ||g_u(x)||_2^2 + C * max(0, 1 - |z_u(x)|)
 
@@ -27,6 +27,7 @@ from .linearize import AxisTangents, linearize
 __all__ = ["APPROX_METHODS", "roll_penalty"]
 
 APPROX_METHODS = ("axes", "projections")
+"""The values ``approx_method`` accepts: sampled input axes, or Rademacher projections."""
 
 
 def _sum_counted(values: Tensor, counted: Tensor | None) -> Tensor:
