@@ -51,6 +51,8 @@ exclude_patterns = [
     "auto_examples/*.codeobj.json",
 ]
 default_role = "literal"
+# Literal blocks (formulas, shell commands) stay plain; code says its language.
+highlight_language = "none"
 
 # -- autodoc / autosummary ---------------------------------------------------
 

@@ -23,7 +23,7 @@ EPOCHS = {
     "quickstart.py": 10,
     "toy_regions.py": 60,
     "grid_search.py": 5,
-    "japanese_vowels.py": 10,
+    "japanese_vowels.py": 25,
 }
 DEFAULT_EPOCHS = 5
 
