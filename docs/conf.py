@@ -64,6 +64,15 @@ autodoc_typehints = "none"
 # Defaults as written in the source (torch.optim.Adam, not <class ...>).
 autodoc_preserve_defaults = True
 add_module_names = False
+# An undocumented override (forward) would otherwise show torch's docstring.
+autodoc_inherit_docstrings = False
+
+# Every reference to the package must resolve; other projects have no inventory here
+# (nothing is fetched at build time), so references to them stay plain text.
+nitpicky = True
+nitpick_ignore_regex = [
+    (r"py:.*", r"(torch|numpy|np|sklearn|skorch|scipy|pandas|dask|matplotlib|joblib)(\..*)?"),
+]
 
 # -- numpydoc ----------------------------------------------------------------
 
