@@ -35,21 +35,13 @@ extensions = [
     "sphinx.ext.autosummary",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
-    "myst_parser",
+    "myst_parser",  # the benchmark results are Markdown files
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 templates_path = ["_templates"]
-exclude_patterns = [
-    "_build",
-    "auto_examples/*.ipynb",
-    "auto_examples/*.py",
-    "auto_examples/*.zip",
-    "auto_examples/*.json",
-    "auto_examples/*.md5",
-    "auto_examples/*.codeobj.json",
-]
+exclude_patterns = ["_build"]
 default_role = "literal"
 # Literal blocks (formulas, shell commands) stay plain; code says its language.
 highlight_language = "none"
@@ -102,11 +94,6 @@ sphinx_gallery_conf = {
     "show_memory": False,
     "show_signature": False,
 }
-
-# -- MyST (the benchmark results are Markdown files) ------------------------
-
-myst_enable_extensions = []
-myst_heading_anchors = 0
 
 # -- HTML --------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ EXAMPLES = DOCS.parent / "examples"
 OUTPUT = DOCS / "_build" / "gallery_output"
 
 # Epochs per example in the docs build (the scripts' own defaults are larger).
+# sphinx-gallery reruns an example only when its file changes: after changing a
+# budget, delete docs/auto_examples to see its effect.
 EPOCHS = {
     "quickstart.py": 10,
     "toy_regions.py": 60,
