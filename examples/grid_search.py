@@ -1,10 +1,14 @@
-"""Choosing lam and C by cross-validation, keeping accuracy and maximising the margin.
+"""
+Choosing lam and C by cross-validation, keeping accuracy and maximising the margin
+==================================================================================
 
 A ``GridSearchCV`` over a ``StandardScaler + ROLLClassifier`` pipeline scores every
 candidate by accuracy and by the median certified l2 margin, and refits the one with
 the largest margin among those within one accuracy point of the best (the paper's
 rule). The margins are in the units of the raw features: the scaler is folded into
 the certificate.
+
+Run it as a script::
 
     python examples/grid_search.py
 """

@@ -1,4 +1,6 @@
-"""Stability bounds on speech sequences (the paper's Figure 3).
+"""
+Stability bounds on speech sequences (the paper's Figure 3)
+===========================================================
 
 Trains a LeakyReLU RNN on the Japanese Vowels speaker-recognition data (variable-length
 sequences of 12 LPC coefficients) with plain training and with the ROLL penalty, and
@@ -7,6 +9,8 @@ far that single value can move with the network's gradient provably unchanged. T
 sequences go in as a list of arrays of different lengths; the RNN reads NaN padding
 internally. Needs sktime, which ships the data (``pip install sktime``). Saves
 ``japanese_vowels_bounds.png``.
+
+Run it as a script::
 
     python examples/japanese_vowels.py
 """
@@ -27,7 +31,7 @@ from sklearn_roll.regions import stability_bounds  # noqa: E402
 
 # The test suite runs every example on a tiny budget through these two variables.
 EPOCHS = int(os.environ.get("ROLL_EXAMPLE_EPOCHS", 80))
-OUTPUT = Path(os.environ.get("ROLL_EXAMPLE_OUTPUT", Path(__file__).parent))
+OUTPUT = Path(os.environ.get("ROLL_EXAMPLE_OUTPUT") or Path(__file__).parent)
 
 X, y = load_japanese_vowels("train")
 X_test, y_test = load_japanese_vowels("test")

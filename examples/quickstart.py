@@ -1,4 +1,6 @@
-"""Quickstart: plain training vs ROLL on scikit-learn's digits.
+"""
+Quickstart: plain training vs ROLL on scikit-learn's digits
+===========================================================
 
 Trains the same ReLU network twice, with lam=0 (plain training) and with the ROLL
 penalty, and prints test accuracy next to percentiles of the certified l2 and l1
@@ -6,6 +8,8 @@ margins: the radius around each test image within which its input gradient (its
 explanation) provably does not change. The margins are in the images' own pixel units
 (0 to 16): the scaler in front of the network is folded into the certificate. Saves
 ``quickstart_margins.png`` when matplotlib is installed.
+
+Run it as a script::
 
     python examples/quickstart.py
 """
@@ -23,7 +27,7 @@ from sklearn_roll import ROLLClassifier, certified_margin
 
 # The test suite runs every example on a tiny budget through these two variables.
 EPOCHS = int(os.environ.get("ROLL_EXAMPLE_EPOCHS", 50))
-OUTPUT = Path(os.environ.get("ROLL_EXAMPLE_OUTPUT", Path(__file__).parent))
+OUTPUT = Path(os.environ.get("ROLL_EXAMPLE_OUTPUT") or Path(__file__).parent)
 
 X, y = load_digits(return_X_y=True)
 X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)

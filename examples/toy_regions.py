@@ -1,4 +1,6 @@
-"""Linear regions in 2-D, plain training vs ROLL (the paper's Figure 1).
+"""
+Linear regions in 2-D, plain training vs ROLL (the paper's Figure 1)
+====================================================================
 
 Trains the same small ReLU network on two interleaved half moons with lam=0 and with
 the ROLL penalty, and draws for each: its linear regions (one colour per activation
@@ -6,6 +8,8 @@ pattern), the certified l2 circle around every training point, the prediction he
 map and the gradient arrows. ROLL's regions around the data are larger, so the
 circles are larger and the arrows agree over larger areas. Saves
 ``toy_regions.png``.
+
+Run it as a script::
 
     python examples/toy_regions.py
 """
@@ -31,7 +35,7 @@ from sklearn_roll.plotting import (  # noqa: E402
 
 # The test suite runs every example on a tiny budget through these two variables.
 EPOCHS = int(os.environ.get("ROLL_EXAMPLE_EPOCHS", 300))
-OUTPUT = Path(os.environ.get("ROLL_EXAMPLE_OUTPUT", Path(__file__).parent))
+OUTPUT = Path(os.environ.get("ROLL_EXAMPLE_OUTPUT") or Path(__file__).parent)
 
 X, y = make_moons(n_samples=120, noise=0.15, random_state=0)
 X = StandardScaler().fit_transform(X)

@@ -542,11 +542,6 @@ _COMMON_DOC = """
     **kwargs
         Everything else skorch accepts: ``module__*``, ``optimizer__*``,
         ``callbacks``, ``device``, ``iterator_train__*``, ``warm_start``, ...
-
-    The defaults were chosen by ``benchmarks/defaults.py``, which trains the default
-    network on scikit-learn's tabular sets over a grid of ``lam`` and ``C`` and keeps
-    the largest median-margin gain among the settings whose mean accuracy stays
-    within a point of plain training (``benchmarks/results/defaults.md``).
 """
 
 _FITTED_DOC = """
@@ -567,7 +562,12 @@ _FITTED_DOC = """
 _NOTES_DOC = """
     Notes
     -----
-    Saving and loading: ``est.save(path)`` and ``ROLLClassifier.load(path)`` /
+    The defaults were chosen by ``benchmarks/defaults.py``, which trains the default
+    network on scikit-learn's tabular sets over a grid of ``lam`` and ``C`` and keeps
+    the largest median-margin gain among the settings whose mean accuracy stays
+    within a point of plain training (``benchmarks/results/defaults.md``).
+
+        Saving and loading: ``est.save(path)`` and ``ROLLClassifier.load(path)`` /
     ``ROLLRegressor.load(path)`` (see :mod:`sklearn_roll.persistence`) write and read
     a safetensors file: the tensors, and a JSON description of the parameters,
     fitted attributes, history and optimizer state. Loading runs no code from the

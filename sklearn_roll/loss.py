@@ -1,6 +1,6 @@
 """The ROLL regulariser of Lee, Alvarez-Melis and Jaakkola (ICLR 2019), exact and approximate.
 
-Per example x and counted hidden unit u the relaxed per-unit loss is
+Per example x and counted hidden unit u the relaxed per-unit loss is::
 
     t_u(x) = ||g_u(x)||_2^2 + C * max(0, 1 - |z_u(x)|)
 

@@ -105,7 +105,9 @@ from .estimators import ROLLClassifier, ROLLRegressor
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "load", "save"]
 
 FORMAT = "sklearn-roll-model"
+"""The format name a model file's description carries."""
 FORMAT_VERSION = 1
+"""The version of the file format this release writes and reads."""
 
 _METADATA_KEY = "sklearn_roll"
 _ESTIMATORS = {cls.__name__: cls for cls in (ROLLClassifier, ROLLRegressor)}
