@@ -121,13 +121,14 @@ class Magnitudes:
 
     Examples
     --------
+    See :func:`sklearn_roll.linearize.magnitudes`, which returns them:
+
     >>> import torch
-    >>> from sklearn_roll.linearize import magnitudes, record
+    >>> from sklearn_roll.linearize import Magnitudes, magnitudes
     >>> from sklearn_roll.nn import MLP
-    >>> net, x = MLP(3, 2, hidden_layer_sizes=(4,)).double(), torch.randn(5, 3).double()
-    >>> on = [z > 0 for z in record(net, x).pre]
-    >>> bounds = magnitudes(net, x, torch.ones(1, 5, 3).double(), on)
-    >>> bool((bounds.pre[0] >= record(net, x).pre[0].abs()).all())
+    >>> net = MLP(3, 2, hidden_layer_sizes=(4,)).double()
+    >>> on = [torch.ones(5, 4, dtype=torch.bool)]
+    >>> isinstance(magnitudes(net, torch.randn(5, 3).double(), "basis", on), Magnitudes)
     True
     """
 

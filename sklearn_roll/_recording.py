@@ -233,11 +233,29 @@ class Recorder(TorchFunctionMode):
             self._refuse(
                 name if rule.kind != "batch_norm" else "batch_norm (training mode)", reason
             )
-        out = func(*args, **kwargs)
+        out = self._apply(func, name, rule, inplace, args, kwargs, dependent)
         self._mark(out)
         if inplace and args:
             self._mark(args[0])
         return out
+
+    def _apply(self, func, name, rule, inplace, args, kwargs, dependent):
+        """Run an affine call on input-dependent values (override point)."""
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _activation_arguments(position, inplace, args, kwargs) -> tuple[Tensor, float, bool]:
+        """The input, the slope below zero and the in-place flag of an activation call."""
+        z = args[0] if args else kwargs["input"]
+        slope = 0.0
+        if position is not None:
+            given = args[position] if len(args) > position else kwargs.get("negative_slope", 0.01)
+            slope = float(given)
+        where = 1 if position is None else position + 1
+        inplace = inplace or bool(
+            args[where] if len(args) > where else kwargs.get("inplace", False)
+        )
+        return z, slope, inplace
 
     def _activation(self, func, name, position, inplace, args, kwargs):
         z = args[0] if args else kwargs["input"]
@@ -283,14 +301,11 @@ class MagnitudeRecorder(Recorder):
     ----------
     counts : list of int
         Roundings that reach each activation call's input.
-    output_count : int
-        Roundings that reach the output (set by :func:`run`).
     """
 
     def __init__(self, module: nn.Module, inputs: Tensor, patterns: list[Tensor]) -> None:
         super().__init__(module, inputs, patterns)
         self.counts: list[int] = []
-        self.output_count = 0
         self._roundings: dict[int, int] = {id(inputs): 0}
 
     def rounds(self, tensor: Tensor) -> int:
@@ -301,36 +316,18 @@ class MagnitudeRecorder(Recorder):
         for tensor in tensors(obj):
             self._roundings[id(tensor)] = count
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        dependent = [t for t in tensors((args, kwargs)) if self.is_dependent(t)]
-        if not dependent:
-            return func(*args, **kwargs)
-        name, rule, inplace = lookup(func)
-        if rule.kind == "constant":
-            return func(*args, **kwargs)
-        if rule.kind == "activation":
-            return self._activation(func, name, rule.slope, inplace, args, kwargs)
-        reason = rule.refusal(args, kwargs, dependent, self.is_dependent)
-        if reason:
-            self._refuse(name, reason)
+    def _apply(self, func, name, rule, inplace, args, kwargs, dependent):
         out = rule.on_magnitudes(func, name, args, kwargs, self.is_dependent)
         count = max(self.rounds(t) for t in dependent) + rule.roundings(args, kwargs, out)
-        self._mark(out)
         self._count(out, count)
         if inplace and args:
-            self._mark(args[0])
             self._count(args[0], count)
         return out
 
     def _activation(self, func, name, position, inplace, args, kwargs):
-        z = args[0] if args else kwargs["input"]
+        z, slope, _ = self._activation_arguments(position, inplace, args, kwargs)
         count = self.rounds(z)
         index = len(self.pre)
-        slope = 0.0
-        if position is not None:
-            given = args[position] if len(args) > position else kwargs.get("negative_slope", 0.01)
-            slope = float(given)
         mask = _UNIT_MASK.get()
         self.pre.append(z)
         self.masks.append(None if mask is None else mask.expand(z.shape))

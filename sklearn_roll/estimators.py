@@ -351,6 +351,7 @@ class _ROLLMixin(SkorchSklearnMixin):
 
     # ------------------------------------------------------------ persistence
 
+    @fill_doc
     def save(self, path):
         """Save the fitted estimator to a file that loading runs no code from.
 
@@ -367,11 +368,7 @@ class _ROLLMixin(SkorchSklearnMixin):
         --------
         >>> import tempfile
         >>> from pathlib import Path
-        >>> from sklearn.datasets import load_iris
-        >>> from sklearn_roll import ROLLClassifier
-        >>> X, y = load_iris(return_X_y=True)
-        >>> clf = ROLLClassifier(hidden_layer_sizes=(8,), max_epochs=2, random_state=0)
-        >>> clf = clf.fit(X, y)
+        %(fitted_iris)s
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     clf.save(Path(tmp) / "iris.safetensors")
         ...     restored = ROLLClassifier.load(Path(tmp) / "iris.safetensors")
@@ -567,7 +564,7 @@ _NOTES_DOC = """
     the largest median-margin gain among the settings whose mean accuracy stays
     within a point of plain training (``benchmarks/results/defaults.md``).
 
-        Saving and loading: ``est.save(path)`` and ``ROLLClassifier.load(path)`` /
+    Saving and loading: ``est.save(path)`` and ``ROLLClassifier.load(path)`` /
     ``ROLLRegressor.load(path)`` (see :mod:`sklearn_roll.persistence`) write and read
     a safetensors file: the tensors, and a JSON description of the parameters,
     fitted attributes, history and optimizer state. Loading runs no code from the

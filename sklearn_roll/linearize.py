@@ -323,7 +323,7 @@ def magnitudes(
     the absolute value of its slope in ``patterns``; ``tangents`` (non-negative) are
     pushed through the linear part of that absolute network. By the standard model of
     floating-point arithmetic, a value that ``r`` roundings reach errs by at most
-    ``gamma_r`` times its bound (see :mod:`sklearn_roll._rounding`).
+    ``gamma_r`` times its bound (see *Precision* in :mod:`sklearn_roll.regions`).
 
     Parameters
     ----------

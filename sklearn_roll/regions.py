@@ -26,9 +26,10 @@ weights at the given point, in exact arithmetic. Every certificate is a lower bo
 on that exact value: the float64 rounding of the pre-activations, outputs and their
 derivatives is bounded rigorously (from the magnitudes of the terms each value sums)
 and taken off distances and added to gradient norms, and a sample with a unit within
-its rounding error of its boundary gets 0. ``precision="float64"`` computes
-everything in float64, which makes that allowance negligible (of the order of 1e-15
-relative) except next to boundaries. ``precision="float32"`` (the default) computes
+its rounding error of its boundary gets 0. Per unit, the allowance lowers a distance
+by at most a relative ``gamma_r`` times the ratio of the unit's magnitude (the sum of
+the absolute values of its terms) to its value, r being the roundings that reach it.
+``precision="float64"`` computes everything in float64. ``precision="float32"`` (the default) computes
 the Jacobians of Linear chains (:class:`~sklearn_roll.nn.MLP`) in float32 with a
 rigorous bound on every rounding error, recomputing in float64 the units whose bound
 is too loose, so that a float32 margin m32 and the float64 one m64 satisfy

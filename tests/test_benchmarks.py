@@ -28,6 +28,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("mnist_table1.py", "mnist"),
         ("japanese_vowels_table2.py", "sktime"),
         ("gradient_distortion.py", "mnist"),
+        ("soundness.py", None),
     ],
 )
 def test_benchmark_quick_path_runs(script, needs, tmp_path):
