@@ -14,8 +14,10 @@ from sklearn_roll import ROLLClassifier, certified_margin
 from sklearn_roll.metrics import margin_scorer
 from sklearn_roll.model_selection import best_margin_within
 from sklearn_roll.parallel import certified_margin_dask
+from sklearn_roll.regions import FLOAT32_RTOL
 
 distributed = pytest.importorskip("distributed")
+dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,11 +111,70 @@ def test_dask_array_margins_equal_in_memory_margins(client, raw_wine):
     )
     bare = pipe[-1]
     Z = pipe[0].transform(X)
+    # Float32 certificates of other batch shapes agree within their contract.
     np.testing.assert_allclose(
         certified_margin_dask(bare, da.from_array(Z, chunks=60)).compute(scheduler="sync"),
         certified_margin(bare, Z),
-        rtol=1e-6,
+        rtol=2 * FLOAT32_RTOL,
     )
+    # On the cluster, a failing block is named as well.
+    bad = X.copy()
+    bad[120, 3] = np.nan
+    with pytest.raises(
+        ValueError, match=r"^Block 2 \(rows 100 to 149\) of X: Input X contains NaN"
+    ):
+        certified_margin_dask(pipe, da.from_array(bad, chunks=50)).compute()
+
+
+def _with_block(X, rows, replaced):
+    """X as a dask array in blocks of 50 rows, with ``rows`` computed as ``replaced``,
+    whatever its shape: a block whose data disagree with the array's declared shape."""
+    start, stop = rows
+    lying = da.from_delayed(dask.delayed(replaced), shape=(stop - start, X.shape[1]), dtype=X.dtype)
+    parts = [da.from_array(X[:start], chunks=50), lying, da.from_array(X[stop:], chunks=50)]
+    return da.concatenate(parts)
+
+
+def _nan_row(X):
+    bad = X[100:150].copy()
+    bad[20, 3] = np.nan
+    return bad
+
+
+def _inf_row(X):
+    bad = X[100:150].copy()
+    bad[49, 0] = -np.inf
+    return bad
+
+
+BAD_BLOCKS = {
+    "NaN": (_nan_row, "Input X contains NaN"),
+    "infinity": (_inf_row, "Input X contains infinity"),
+    "features": (lambda X: X[100:150, :12], "X has 12 features, but .* is expecting 13"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BLOCKS))
+def test_a_failing_block_is_named_with_its_rows_and_the_reason(raw_wine, case):
+    X, y = raw_wine
+    pipe = make_pipeline(StandardScaler(), ROLLClassifier(**SMALL)).fit(X, y)
+    make, reason = BAD_BLOCKS[case]
+    lazy = certified_margin_dask(pipe, _with_block(X, (100, 150), make(X)), precision="float64")
+    assert lazy.numblocks == (4,)
+    with pytest.raises(ValueError, match=rf"^Block 2 \(rows 100 to 149\) of X: {reason}") as info:
+        lazy.compute(scheduler="sync")
+    assert isinstance(info.value.__cause__, ValueError)
+    # The other blocks are fine.
+    good = lazy.blocks[[0, 1, 3]].compute(scheduler="sync")
+    expected = certified_margin(pipe, np.r_[X[:100], X[150:]], precision="float64")
+    np.testing.assert_allclose(good, expected, rtol=1e-12)
+
+
+def test_a_dask_array_with_the_wrong_number_of_features_is_refused_before_it_runs(raw_wine):
+    X, y = raw_wine
+    clf = ROLLClassifier(**SMALL).fit(X, y)
+    with pytest.raises(ValueError, match="X has 5 features, but ROLLClassifier is expecting 13"):
+        certified_margin_dask(clf, da.from_array(X[:, :5], chunks=50))
 
 
 def test_dask_helper_errors(raw_wine, monkeypatch):
