@@ -1,6 +1,13 @@
-"""The same search on a dask.distributed cluster and with loky, and certificates of dask arrays."""
+"""The same search on a dask.distributed cluster and with loky, a search that loses a
+worker, and certificates of dask arrays (failing blocks included)."""
 
+import os
+import signal
 import sys
+import threading
+import time
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +16,7 @@ from sklearn.datasets import load_wine
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from skorch.callbacks import Callback
 
 from sklearn_roll import ROLLClassifier, certified_margin
 from sklearn_roll.metrics import margin_scorer
@@ -47,9 +55,9 @@ def raw_wine():
     return load_wine(return_X_y=True)
 
 
-def _search():
+def _search(**params):
     return GridSearchCV(
-        make_pipeline(StandardScaler(), ROLLClassifier(**SMALL)),
+        make_pipeline(StandardScaler(), ROLLClassifier(**SMALL, **params)),
         {"rollclassifier__lam": [0.0, 1.0], "rollclassifier__C": [0.5, 2.0]},
         scoring={"accuracy": "accuracy", "margin": margin_scorer()},
         refit=best_margin_within(),
@@ -74,6 +82,116 @@ def test_cluster_search_equals_loky_search(client, raw_wine):
     assert remote.cv_results_["params"] == local.cv_results_["params"]
     assert remote.best_index_ == local.best_index_
     np.testing.assert_array_equal(remote.predict_proba(X), local.predict_proba(X))
+
+
+def _stall_when_flagged(folder):
+    """A callback that records each finished fit in ``folder`` and, while the file
+    ``folder/stall`` exists, makes each fit that starts write ``<process id>.pid``
+    there and wait (60 s at most) for the flag to go. It changes no fit's result.
+
+    Made here so that its class is local: pickled by value, the workers need not
+    import this test module.
+    """
+
+    class StallWhenFlagged(Callback):
+        def __init__(self, folder):
+            self.folder = folder
+
+        def on_train_begin(self, net, **kwargs):
+            flag = Path(self.folder, "stall")
+            if flag.exists():
+                Path(self.folder, f"{os.getpid()}.pid").touch()
+                deadline = time.monotonic() + 60
+                while flag.exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+
+        def on_train_end(self, net, **kwargs):
+            Path(self.folder, f"{uuid.uuid4().hex}.done").touch()
+
+    return StallWhenFlagged(str(folder))
+
+
+def _kill_a_worker_mid_search(folder, after, killed):
+    """Once ``after`` fits have finished, raise the stall flag, SIGKILL the process of
+    the first fit that stalls, and take the flag down again."""
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("*.done"))) < after and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (folder / "stall").touch()
+    try:
+        while not killed and time.monotonic() < deadline:
+            stalled = sorted(folder.glob("*.pid"))
+            if stalled:
+                pid = int(stalled[0].stem)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.02)
+    finally:
+        (folder / "stall").unlink()
+
+
+def _worker_removals(dask_scheduler):
+    """Per worker the scheduler removed: its tasks in progress, and data lost with it.
+
+    Read on the scheduler: its events also hold objects that do not serialize.
+    """
+    return [
+        {
+            "in progress": len(event["processing-tasks"]),
+            "data lost": len(event["lost-scattered-tasks"]),
+        }
+        for _, event in dask_scheduler.get_events("all")
+        if isinstance(event, dict) and event.get("action") == "remove-worker"
+    ]
+
+
+@pytest.mark.slow
+def test_a_search_that_loses_a_worker_mid_fit_gives_the_same_results(raw_wine, tmp_path):
+    """A worker process killed while it fits: dask reruns its tasks elsewhere, and the
+    scores are those of an undisturbed search (fits are deterministic given
+    random_state and n_threads)."""
+    X, y = raw_wine
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    )
+    with cluster, distributed.Client(cluster) as client:
+        workers = client.run(os.getpid)
+
+        def search():
+            # error_score="raise": a fit that failed would otherwise score NaN quietly.
+            search = _search(callbacks=[_stall_when_flagged(tmp_path)])
+            return search.set_params(error_score="raise")
+
+        # scatter copies the data to every worker: joblib would otherwise place it on
+        # one, and data scattered to a lost worker cannot be recomputed.
+        with parallel_backend("dask", scatter=[X, y]):
+            undisturbed = search().fit(X, y)
+        for done in tmp_path.glob("*.done"):
+            done.unlink()
+        killed = []
+        killer = threading.Thread(target=_kill_a_worker_mid_search, args=(tmp_path, 4, killed))
+        killer.start()
+        try:
+            with parallel_backend("dask", scatter=[X, y]):
+                disturbed = search().fit(X, y)
+        finally:
+            killer.join()
+        assert len(killed) == 1 and killed[0] in workers.values()
+        # The scheduler lost the worker with a task in progress, and no data with it.
+        removals = client.run_on_scheduler(_worker_removals)
+        assert len(removals) == 1
+        assert removals[0]["in progress"] >= 1 and removals[0]["data lost"] == 0
+    # 12 fits in each search and the refit of each, in this process.
+    assert len(list(tmp_path.glob("*.done"))) >= 12 + 1
+    results, expected = disturbed.cv_results_, undisturbed.cv_results_
+    assert results.keys() == expected.keys()
+    for key, value in expected.items():
+        if key == "params":
+            assert results[key] == value
+        elif "_time" not in key:
+            np.testing.assert_array_equal(results[key], value, err_msg=key)
+    assert disturbed.best_index_ == undisturbed.best_index_
+    np.testing.assert_array_equal(disturbed.predict_proba(X), undisturbed.predict_proba(X))
 
 
 @pytest.mark.slow
