@@ -23,6 +23,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("speed.py", None),
         ("training_speed.py", "mnist"),
         ("memory.py", None),
+        ("dask_scale.py", "distributed"),
         ("defaults.py", None),
         ("mnist_table1.py", "mnist"),
         ("japanese_vowels_table2.py", "sktime"),
