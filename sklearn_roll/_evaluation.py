@@ -141,8 +141,8 @@ def batch_size(
         # Refused rather than lowered: a batch size asked for is kept or fails loudly.
         raise ValueError(
             f"batch_size={requested} needs about "
-            f"{_size(per_example * min(requested, len(x)))} of tangents per batch, more "
-            f"than the {_size(cap)} memory cap (an eighth of physical memory, at most "
+            f"{_size(per_example * min(requested, len(x)))} of working memory per batch, "
+            f"more than the {_size(cap)} memory cap (an eighth of physical memory, at most "
             f"{_size(_MEMORY_CAP)}); pass batch_size={most} or less, or None to size "
             "batches automatically."
         )

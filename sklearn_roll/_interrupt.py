@@ -77,7 +77,7 @@ class LastFinishedEpoch(Callback):
                 UserWarning,
                 stacklevel=2,
             )
-        # Not carried along when the estimator is pickled or cloned.
+        # Needed during training only: a pickled estimator holds its weights once.
         self.state_, self.unfinished_ = None, False
 
     def _keep(self, net) -> None:

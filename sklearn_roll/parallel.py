@@ -32,7 +32,7 @@ def _dask() -> tuple[Any, Any]:
 
 
 def _margin_block(
-    block: np.ndarray, estimator: Any, p: float, kwargs: dict, block_info: dict | None = None
+    block: np.ndarray, estimator: Any, p: float, kwargs: dict, block_info: dict
 ) -> np.ndarray:
     """Margins of one block, whose errors name the block and its rows in X."""
     try:

@@ -63,8 +63,8 @@ def test_default_batches_follow_the_budget(model, monkeypatch):
 def test_an_oversized_batch_size_is_refused(model, small_cap, call):
     clf, X = model
     message = (
-        r"batch_size=1000000 needs about [\d.]+ [KM]iB of tangents per batch, more than "
-        r"the 64.0 KiB memory cap \(an eighth of physical memory, at most 2.0 GiB\); pass "
+        r"batch_size=1000000 needs about [\d.]+ [KM]iB of working memory per batch, more "
+        r"than the 64.0 KiB memory cap \(an eighth of physical memory, at most 2.0 GiB\); pass "
         r"batch_size=(\d+) or less, or None"
     )
     with pytest.raises(ValueError, match=message) as info:
