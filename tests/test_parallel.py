@@ -181,7 +181,7 @@ def test_a_search_that_loses_a_worker_mid_fit_gives_the_same_results(raw_wine, t
         removals = client.run_on_scheduler(_worker_removals)
         assert len(removals) == 1
         assert removals[0]["in progress"] >= 1 and removals[0]["data lost"] == 0
-    # 12 fits in each search and the refit of each, in this process.
+    # The disturbed search's 12 fits (the lost task's again) and its refit here.
     assert len(list(tmp_path.glob("*.done"))) >= 12 + 1
     results, expected = disturbed.cv_results_, undisturbed.cv_results_
     assert results.keys() == expected.keys()
