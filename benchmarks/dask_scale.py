@@ -12,7 +12,7 @@ cannot be reset, the largest resident memory seen by sampling the worker process
 every 50 ms. Bounded memory: the peaks do not grow with the number of rows.
 
     python benchmarks/dask_scale.py            # 100,000 and 1,000,000 rows
-    python benchmarks/dask_scale.py --quick    # 10,000 and 40,000 rows, about a minute
+    python benchmarks/dask_scale.py --quick    # 10,000 and 40,000 rows, a few minutes
 """
 
 from __future__ import annotations
@@ -203,9 +203,10 @@ def main(quick: bool, n_workers: int) -> None:
         f"A LocalCluster of {n_workers} worker processes with one thread each (torch too, "
         "`n_threads=1`) on loopback, fresh for each size; the rows are generated on the "
         f"workers in blocks of {chunk:,} ({block_mib:.0f} MiB of float32), and only the "
-        "margins (8 bytes a row) come back. Each worker holds one block and one batch of "
-        "tangents (the 64 MiB budget) at a time, so its peak does not grow with the number "
-        "of rows. "
+        "margins (8 bytes a row) come back. A worker holds a few blocks at a time (the one "
+        "it certifies and those dask has generated for it next) and one batch of tangents "
+        "(the 64 MiB budget), so its peak is set by the block size, not by the number of "
+        "rows. "
         + (
             "Peaks are each worker process's VmHWM, reset after a warm-up block and "
             "before the timed computation; `RSS before` is its resident memory then."
