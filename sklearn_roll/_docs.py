@@ -34,9 +34,9 @@ _PARAMETERS = {
             lies within a factor ``(1 - FLOAT32_RTOL) / (1 + FLOAT32_RTOL)`` below it.""",
     "batch_size": """
         batch_size : int or None, default=None
-            Samples per batch; None keeps the tangent tensors near 64 MiB. Larger
-            requests are lowered, with a warning, where they would exceed the memory
-            cap.""",
+            Samples per batch; None keeps the tangent tensors near 64 MiB. A batch
+            size whose tangents would exceed the memory cap (an eighth of physical
+            memory, at most 2 GiB) is refused with a ``ValueError``.""",
     "progress": """
         progress : bool, default=False
             Show a tqdm progress bar over the batches.""",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -97,8 +96,8 @@ def batch_size(
 
     ``k`` values per unit and output and ``per_input`` per input coordinate are held
     for each example (tangents, or activations and gradients). A ``requested`` size
-    is kept unless that would exceed the memory cap; it is then lowered, with a
-    warning, instead of exhausting memory.
+    is kept if a batch of that many samples (at most ``len(x)``) fits the memory cap
+    (an eighth of physical memory, at most 2 GiB), and refused otherwise.
 
     Parameters
     ----------
@@ -116,6 +115,13 @@ def batch_size(
     Returns
     -------
     int
+
+    Raises
+    ------
+    ValueError
+        If ``requested`` is not a positive integer or None, or if a batch of that
+        size would not fit the memory cap; the message names the batch size, the
+        memory it needs, the cap and the largest batch size that fits.
     """
     if requested is not None and (
         not isinstance(requested, numbers.Integral) or isinstance(requested, bool) or requested < 1
@@ -135,16 +141,26 @@ def batch_size(
     cap = _memory_cap()
     most = max(1, cap // per_example)
     if min(requested, len(x)) > most:
-        warnings.warn(
-            f"batch_size={requested} would need about "
-            f"{per_example * min(requested, len(x)) / 2**20:.0f} MiB of tangents per "
-            f"batch; using batch_size={most}, the most that fits the "
-            f"{cap / 2**20:.0f} MiB cap.",
-            UserWarning,
-            stacklevel=4,
+        # Refused rather than lowered: a batch size asked for is kept or fails loudly.
+        raise ValueError(
+            f"batch_size={requested} needs about "
+            f"{_size(per_example * min(requested, len(x)))} of working memory per batch, "
+            f"more than the {_size(cap)} memory cap (an eighth of physical memory, at most "
+            f"{_size(_MEMORY_CAP)}); pass batch_size={most} or less, or None to size "
+            "batches automatically."
         )
-        return int(most)
     return int(requested)
+
+
+def _size(n_bytes: float) -> str:
+    """A byte count for messages: '512 bytes', '12.3 MiB'."""
+    if n_bytes < 1024:
+        return f"{n_bytes:.0f} bytes"
+    for unit in ("KiB", "MiB"):
+        n_bytes /= 1024
+        if n_bytes < 1024:
+            return f"{n_bytes:.1f} {unit}"
+    return f"{n_bytes / 1024:.1f} GiB"
 
 
 def batches(n: int, size: int, progress: bool = False) -> Iterator[slice]:

@@ -31,6 +31,7 @@ from . import regions
 from ._adapter import Network
 from ._docs import fill_doc
 from ._evaluation import check_parameters, forward
+from ._interrupt import LastFinishedEpoch
 from ._sklearn_compat import SkorchSklearnMixin
 from ._validation import check_input
 from .linearize import check_supported, float64_copy
@@ -197,6 +198,9 @@ class _ROLLMixin(SkorchSklearnMixin):
     @property
     def _default_callbacks(self):
         callbacks = list(super()._default_callbacks)
+        # Before the user's callbacks, so that an EarlyStopping interrupt at the end of
+        # an epoch comes after that epoch was kept.
+        callbacks.append(("last_finished_epoch", LastFinishedEpoch()))
         # get_params reads this property, so an invalid verbose must not raise here.
         if isinstance(self.verbose, Real) and self.verbose >= 2:
             callbacks.append(("progress_bar", ProgressBar()))
@@ -577,6 +581,15 @@ _NOTES_DOC = """
     for files from elsewhere. A net pickled with ``device="cuda"`` unpickles on a
     machine without a GPU with ``device="cpu"`` (skorch maps the tensors and warns),
     and ``load`` does the same.
+
+    Interrupting training: a ``KeyboardInterrupt`` during ``fit`` or ``partial_fit``
+    (Ctrl-C, or raised by a callback, the loss or the module) ends training, as in
+    skorch. If it comes inside an epoch, the default callback
+    ``last_finished_epoch`` puts back the weights and the optimizer's state as they
+    were after the last finished epoch, drops the unfinished epoch from
+    ``history_`` and warns: the estimator predicts and certifies as after that
+    epoch, and ``partial_fit`` continues from it. It holds one copy of that state
+    in memory during training; ``callbacks__last_finished_epoch=None`` turns it off.
 """
 
 

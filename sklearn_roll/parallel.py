@@ -7,6 +7,7 @@ cluster through joblib (see the README, *Searching on a cluster*).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,18 @@ def _dask() -> tuple[Any, Any]:
     return dask, da
 
 
-def _margin_block(block: np.ndarray, estimator: Any, p: float, kwargs: dict) -> np.ndarray:
-    return certified_margin(estimator, block, p, **kwargs)
+def _margin_block(
+    block: np.ndarray, estimator: Any, p: float, kwargs: dict, block_info: dict
+) -> np.ndarray:
+    """Margins of one block, whose errors name the block and its rows in X."""
+    try:
+        return certified_margin(estimator, block, p, **kwargs)
+    except (ValueError, TypeError) as exc:
+        # Raised on a worker, far from the array: say where in X the bad rows are.
+        index = block_info[0]["chunk-location"][0]
+        start, stop = block_info[0]["array-location"][0]
+        error = ValueError if isinstance(exc, ValueError) else TypeError
+        raise error(f"Block {index} (rows {start} to {stop - 1}) of X: {exc}") from exc
 
 
 @fill_doc
@@ -65,6 +76,12 @@ def certified_margin_dask(estimator: Any, X: Any, p: float = 2, **kwargs: Any) -
     ------
     ImportError
         If dask is not installed.
+    ValueError
+        If X has the wrong number of features (2-D X). A block that the in-memory
+        function refuses (NaN or infinite values, or another number of features
+        than X's declared shape says) fails when the result is computed, with a
+        ``ValueError`` or ``TypeError`` that names the block, its rows in X and
+        the reason.
 
     Examples
     --------
@@ -85,6 +102,14 @@ def certified_margin_dask(estimator: Any, X: Any, p: float = 2, **kwargs: Any) -
         raise ValueError(f"X must have a samples axis and a feature axis, got {X.ndim}-D.")
     dual_order(p)
     network_of(estimator)
+    expected = getattr(estimator, "n_features_in_", None)
+    known = X.ndim == 2 and not math.isnan(X.shape[1])
+    if known and expected is not None and X.shape[1] != expected:
+        # Every block would fail: refuse before anything runs.
+        raise ValueError(
+            f"X has {X.shape[1]} features, but {type(estimator).__name__} is expecting "
+            f"{expected} features as input."
+        )
     others = tuple(range(1, X.ndim))
     X = X.rechunk(dict.fromkeys(others, -1))
     # One task holds the estimator, so it is sent to each worker once, not with every block.

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,32 @@ from hypothesis import settings
 from sklearn.datasets import load_digits, load_iris, load_wine
 from sklearn.preprocessing import StandardScaler
 
-torch.set_num_threads(2)
+
+def _threads() -> int:
+    """The suite's torch threads: ROLL_TEST_THREADS, else OMP_NUM_THREADS, else 2.
+
+    torch.set_num_threads overrides OMP_NUM_THREADS, so the suite reads it itself:
+    ``OMP_NUM_THREADS=1 python -m pytest`` runs with one thread, as .ci/run does
+    after its run with two.
+    """
+    # OMP_NUM_THREADS may list one count per nesting level ("4,2"): the first is torch's.
+    value = os.environ.get("ROLL_TEST_THREADS") or os.environ.get("OMP_NUM_THREADS", "")
+    value = value.split(",")[0].strip()
+    if not value:
+        return 2
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"The test thread count must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+THREADS = _threads()
+torch.set_num_threads(THREADS)
+
+
+def pytest_terminal_summary(terminalreporter):
+    # Shown under -q as well, so a CI log says which of its runs failed.
+    terminalreporter.write_line(f"torch threads: {THREADS}")
+
 
 # "ci" (the default) replays the same examples on every run, so a landing is never
 # blocked by a rare draw; "hunt" searches afresh with ten times the examples:

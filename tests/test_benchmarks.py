@@ -24,6 +24,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("training_speed.py", "mnist"),
         ("memory.py", None),
         ("sequence_speed.py", None),
+        ("dask_scale.py", "distributed"),
         ("defaults.py", None),
         ("mnist_table1.py", "mnist"),
         ("japanese_vowels_table2.py", "sktime"),

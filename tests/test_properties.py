@@ -221,34 +221,50 @@ def test_float64_balls_keep_the_pattern_and_the_prediction(data):
 
 
 def test_float32_cancellation_is_caught_by_the_rounding_bound():
-    """A unit whose gradient cancels in float32: its float32 norm is 0, the true one is not.
+    """A unit whose gradient cancels in float32, in exact arithmetic.
 
-    Layer-2 unit v sums units a + b - c with w_c = fl32(w_a + w_b), so its exact
-    gradient is the rounding residual (~1e-8) while float32 computes 0. A point just
-    off v's boundary has a margin of 1e-7, which plain float32 norms would miss
-    (the next unit is ~0.65 away); the rounding bound sends v to float64.
+    Layer 1: a = x1 + x2 + 1, b = 2^-26 (x1 + x2) + 1, c = x1 + x2 + 1. Layer 2:
+    u = h_a + h_b and c' = h_c. Layer 3: v = u - c' - 1 = 2^-26 (x1 + x2), whose
+    gradient (2^-26, 2^-26) is lost in float32 on any machine: the chain stores u's
+    row as float32(1 + 2^-26) = 1 whatever the kernel's order of summation (two
+    non-zero terms, every product by 0 or 1), and v's row is then 1 - 1 = 0. At
+    x = (2^-10, 0) every float64 value is exact and v sets the margin (2^-10 / sqrt 2
+    for l2), which plain float32 norms would miss (the next unit is ~0.7 away);
+    the rounding bound sends v to float64. v = 2^-36 is far enough above float64's
+    rounding of its inputs (~1e-15) for the certified margin to stay within 1e-3 of
+    the exact one.
     """
-    module = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 2))
-    wa, wb = torch.tensor([0.7071234, 0.3123457]), torch.tensor([0.1234567, 0.9876543])
-    first = torch.stack([wa, wb, (wa.double() + wb.double()).float(), torch.tensor([0.5, -0.25])])
+    module = nn.Sequential(
+        nn.Linear(2, 3),
+        nn.ReLU(),
+        nn.Linear(3, 2),
+        nn.ReLU(),
+        nn.Linear(2, 1),
+        nn.ReLU(),
+        nn.Linear(1, 2),
+    )
+    tiny = 2.0**-26
     with torch.no_grad():
-        module[0].weight.copy_(first)
+        module[0].weight.copy_(torch.tensor([[1.0, 1.0], [tiny, tiny], [1.0, 1.0]]))
         module[0].bias.fill_(1.0)
-        module[2].weight.copy_(torch.tensor([[1.0, 1.0, -1.0, 0.0], [0.3, 0.2, 0.1, 0.5]]))
-        module[2].bias.copy_(torch.tensor([-1.0, 0.5]))
+        module[2].weight.copy_(torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+        module[2].bias.zero_()
+        module[4].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        module[4].bias.fill_(-1.0)
+        module[6].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        module[6].bias.zero_()
     module.eval()
-    residual = (first[0].double() + first[1].double() - first[2].double()).numpy()
-    assert np.linalg.norm(residual) > 0
-    x0 = np.array([0.05, -0.03])
-    unit = residual / np.linalg.norm(residual)
-    x = (x0 - (unit @ x0) * unit + 1e-7 * unit)[None]
+    x = np.array([[2.0**-10, 0.0]])
     with torch.no_grad():
-        float32_rows = linearize(module, torch.from_numpy(x).float(), "basis").pre_tangents[1]
-    assert float32_rows[0, 0].abs().max() == 0, "the float32 Jacobian must lose the residual"
+        pre64 = record(float64_copy(module), torch.from_numpy(x)).pre
+        float32_rows = linearize(module, torch.from_numpy(x).float(), "basis").pre_tangents[2]
+    assert pre64[2][0, 0] == 2.0**-36 and all((z > 0).all() for z in pre64)
+    assert float32_rows[0, 0].abs().max() == 0, "the float32 Jacobian must lose v's gradient"
+    expected = {1: 2.0**-10, 2: 2.0**-10 / np.sqrt(2), np.inf: 2.0**-11}
     for p in P_VALUES:
         m64 = module_margin(module, x, p, precision="float64")
         m32 = module_margin(module, x, p, precision="float32")
-        assert m64[0] < 1e-6
+        assert (1 - 1e-3) * expected[p] <= m64[0] <= expected[p]
         assert TOLERANCE * m64[0] <= m32[0] <= m64[0]
 
 

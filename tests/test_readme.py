@@ -26,3 +26,12 @@ def test_readme_tables_match_the_results_files():
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_ci_runs_the_suite_under_two_threads_and_one():
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    readme_command = _commands((ROOT / "README.md").read_text())[1]
+    # The first run takes the suite's default of two threads, not an inherited count.
+    first = lines.index(readme_command)
+    assert lines.index("unset ROLL_TEST_THREADS OMP_NUM_THREADS") < first
+    assert lines.index("OMP_NUM_THREADS=1 python -m pytest") > first

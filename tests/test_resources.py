@@ -1,8 +1,10 @@
-"""Bounded memory: batches follow a memory budget, and oversized requests are capped.
+"""Bounded memory: batches follow a memory budget, and oversized requests are refused.
 
-Peak memory on 100,000 MNIST-sized samples is measured by ``benchmarks/memory.py``.
+Peak memory on 100,000 MNIST-sized samples is measured by ``benchmarks/memory.py``,
+and of certified_margin_dask on 1,000,000 by ``benchmarks/dask_scale.py``.
 """
 
+import re
 import warnings
 
 import numpy as np
@@ -58,18 +60,28 @@ def test_default_batches_follow_the_budget(model, monkeypatch):
     ],
     ids=["certified_margin", "certified_radius", "stability_bounds", "explain"],
 )
-def test_an_oversized_batch_size_is_capped_with_a_warning(model, small_cap, call):
+def test_an_oversized_batch_size_is_refused(model, small_cap, call):
     clf, X = model
-    with pytest.warns(
-        UserWarning, match=r"batch_size=1000000 would need about .* using batch_size=\d+"
-    ):
-        capped = call(clf, X, 1_000_000)
-    expected = call(clf, X, 10)
-    for got, want in zip(
-        capped if isinstance(capped, tuple) else (capped,),
-        expected if isinstance(expected, tuple) else (expected,),
-    ):
-        np.testing.assert_allclose(got, want, rtol=1e-6)
+    message = (
+        r"batch_size=1000000 needs about [\d.]+ [KM]iB of working memory per batch, more "
+        r"than the 64.0 KiB memory cap \(an eighth of physical memory, at most 2.0 GiB\); pass "
+        r"batch_size=(\d+) or less, or None"
+    )
+    with pytest.raises(ValueError, match=message) as info:
+        call(clf, X, 1_000_000)
+    # The largest size the message offers is accepted, one more is not.
+    most = int(re.search(message, str(info.value)).group(1))
+    call(clf, X, most)
+    with pytest.raises(ValueError, match=f"batch_size={most + 1} needs about"):
+        call(clf, X, most + 1)
+
+
+def test_the_refusal_names_the_memory_the_batch_needs(model, small_cap):
+    clf, X = model
+    # 300 samples x 20 tangents x 66 units and outputs x 4 bytes.
+    needed = 300 * _tangent_bytes(20) / 2**20
+    with pytest.raises(ValueError, match=rf"needs about {needed:.1f} MiB .* pass batch_size=12 "):
+        clf.certified_margin(X, p=1, batch_size=1_000_000)
 
 
 def test_a_batch_size_within_the_cap_is_kept_silently(model, small_cap):
