@@ -4,8 +4,8 @@ Per example x and counted hidden unit u the relaxed per-unit loss is
 
     t_u(x) = ||g_u(x)||_2^2 + C * max(0, 1 - |z_u(x)|)
 
-and the penalty is the mean over examples of the mean of t_u over the top gamma
-percent of units (gamma = 100: all units). The unit gradients come from the
+and the penalty is the mean over examples (weighted by ``sample_weight`` if given) of
+the mean of t_u over the top gamma percent of units (gamma = 100: all units). The unit gradients come from the
 linearized forward of :mod:`sklearn_roll.linearize`, differentiable with respect to
 the parameters.
 
@@ -69,6 +69,7 @@ def roll_penalty(
     gamma: float = 100.0,
     approx: int | None = None,
     approx_method: str = "projections",
+    sample_weight: Tensor | None = None,
 ) -> Tensor:
     """The ROLL regulariser of a batch, differentiable with respect to the parameters.
 
@@ -87,11 +88,14 @@ def roll_penalty(
         probes (gamma must be 100).
     approx_method : {"axes", "projections"}, default="projections"
         How probes are drawn when ``approx`` is set.
+    sample_weight : Tensor of shape (n,) or None, default=None
+        Per-example weights: the result is ``mean(sample_weight * per_example)``, which
+        with weights of mean 1 weighs an example of weight k as k copies of it.
 
     Returns
     -------
     Tensor
-        A scalar: the mean over examples of the aggregated per-unit loss.
+        A scalar: the (weighted) mean over examples of the aggregated per-unit loss.
 
     Examples
     --------
@@ -128,7 +132,7 @@ def roll_penalty(
             [_sum_counted(h, lin.counted[i]) for i, h in enumerate(hinge)]
         ).sum(dim=0)
         per_example = (grad_total + C * hinge_total) / counts.clamp(min=1)
-        return per_example.mean()
+        return _mean(per_example, sample_weight)
     t = torch.cat([g + C * h for g, h in zip(grad_sq, hinge)], dim=1)
     valid = torch.cat(
         [
@@ -143,4 +147,10 @@ def roll_penalty(
     top = torch.where(torch.isfinite(top), top, 0.0)
     k = torch.ceil(counts * gamma / 100).clamp(min=1).long()
     sums = top.cumsum(dim=1).gather(1, (k - 1)[:, None])[:, 0]
-    return (sums / k).mean() if n else x.new_zeros(())
+    return _mean(sums / k, sample_weight) if n else x.new_zeros(())
+
+
+def _mean(per_example: Tensor, sample_weight: Tensor | None) -> Tensor:
+    if sample_weight is None:
+        return per_example.mean()
+    return (per_example * sample_weight.to(per_example.dtype)).mean()
