@@ -335,6 +335,9 @@ class Float32Chain:
             if predicted is not None:
                 cotangents = F.one_hot(predicted[rows], width).double() - cotangents
             grads = chain_vjp(self.exact, [on[rows] for on in patterns], layer, cotangents)
+            if self.features is not None:
+                # The norm over the moving coordinates, as the float32 one it replaces.
+                grads = grads[:, self.features]
             return torch.linalg.vector_norm(grads, ord=q, dim=1)
 
         return exact_norms
