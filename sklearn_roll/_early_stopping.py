@@ -72,7 +72,7 @@ def check_split(validation_fraction: float, y: np.ndarray, classes: np.ndarray |
     rare = present[counts[present] < 2]
     if len(rare):
         raise ValueError(
-            f"early_stopping: the class {classes[rare[0]]!r} has a single sample, but the "
+            f"early_stopping: the class {classes.tolist()[rare[0]]!r} has a single sample, but the "
             "stratified validation split needs at least 2 of each class (one on each side)."
         )
     for side, size in (("validation", n_valid), ("training", n_train)):

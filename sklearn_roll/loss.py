@@ -12,7 +12,13 @@ the parameters.
 For gamma = 100 the gradient term is ``||J||_F^2`` summed over units, which
 ``approx=k`` estimates without bias from k probes: k input axes sampled uniformly
 ("axes", the paper's Eq. 10) or k Rademacher projections ("projections",
-Hutchinson's estimator, one forward-mode pass each).
+Hutchinson's estimator, one forward-mode pass each). For a chain of ``nn.Linear``
+layers with one or two hidden layers (the default :class:`~sklearn_roll.nn.MLP`) it has
+a closed form, which the exact penalty uses: the first layer's unit gradients are the
+rows of ``W1`` whatever x, and the second layer's, ``W2 diag(a) W1`` with ``a`` the
+first activation's slopes at x, have squared norms summing to
+``a^T ((W2^T W2) * (W1 W1^T)) a``, one quadratic form per example instead of a
+Jacobian.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .linearize import AxisTangents, linearize
+from .linearize import AxisTangents, linear_chain, linearize
 
 __all__ = ["APPROX_METHODS", "roll_penalty"]
 
@@ -109,6 +115,10 @@ def roll_penalty(
     if approx is not None and gamma != 100:
         raise ValueError("approx requires gamma=100: the estimate covers the sum over all units.")
     n = x.shape[0]
+    if approx is None and gamma == 100:
+        shallow = _shallow_chain_penalty(module, x, C, sample_weight)
+        if shallow is not None:
+            return shallow
     if approx is None:
         lin = linearize(module, x, "l2")
         scale = None
@@ -148,6 +158,33 @@ def roll_penalty(
     k = torch.ceil(counts * gamma / 100).clamp(min=1).long()
     sums = top.cumsum(dim=1).gather(1, (k - 1)[:, None])[:, 0]
     return _mean(sums / k, sample_weight) if n else x.new_zeros(())
+
+
+def _shallow_chain_penalty(
+    module: nn.Module, x: Tensor, C: float, sample_weight: Tensor | None
+) -> Tensor | None:
+    """The exact gamma = 100 penalty of a Linear chain with one or two hidden layers.
+
+    None for any other module, which takes the linearized forward.
+    """
+    chain = linear_chain(module) if x.dim() == 2 else None
+    if chain is None or len(chain) not in (2, 3):
+        return None
+    first, slope = chain[0]
+    z = first(x)
+    grad_total = first.weight.pow(2).sum().expand(len(x))
+    hinge_total = torch.relu(1 - z.abs()).sum(dim=1)
+    units = z.shape[1]
+    if len(chain) == 3:
+        second = chain[1][0]
+        # The activation's slopes at x, frozen: the pattern has no gradient.
+        active = torch.where(z > 0, z.new_tensor(1.0), z.new_tensor(slope))
+        z2 = second(z * active)
+        gram = (second.weight.T @ second.weight) * (first.weight @ first.weight.T)
+        grad_total = grad_total + ((active @ gram) * active).sum(dim=1)
+        hinge_total = hinge_total + torch.relu(1 - z2.abs()).sum(dim=1)
+        units += z2.shape[1]
+    return _mean((grad_total + C * hinge_total) / units, sample_weight)
 
 
 def _mean(per_example: Tensor, sample_weight: Tensor | None) -> Tensor:

@@ -319,3 +319,16 @@ def test_partial_fit_with_an_unseen_label_points_to_classes(wine):
     with pytest.raises(ValueError, match=r"labels not seen in the first fit: \[2\].*classes=\["):
         clf.partial_fit(X, y)
     ROLLClassifier(**SMALL).partial_fit(X[y < 2], y[y < 2], classes=[0, 1, 2]).partial_fit(X, y)
+
+
+def test_the_default_batches_are_skorchs(wine):
+    """Fetching a batch by one indexing gives skorch's batches, so the same fit."""
+    X, y = wine
+    params = dict(SMALL, early_stopping=True, validation_fraction=0.2)
+    weight = np.arange(len(y)) % 3 + 1.0
+    fast = ROLLClassifier(**params).fit(X, y, sample_weight=weight)
+    skorchs = ROLLClassifier(
+        **params, iterator_train__shuffle=False, iterator_valid__shuffle=False
+    ).fit(X, y, sample_weight=weight)
+    np.testing.assert_array_equal(fast.predict_proba(X), skorchs.predict_proba(X))
+    assert fast.history[:, "valid_loss"] == skorchs.history[:, "valid_loss"]
