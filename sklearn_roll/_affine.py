@@ -488,7 +488,8 @@ def check_raw_input(named_steps: list[tuple[str, Any]], X: Any, n_in: int) -> np
         x = check_array(X, dtype=_FLOAT_DTYPES, ensure_min_samples=1)
     if x.shape[1] != n_in:
         raise ValueError(f"X has {x.shape[1]} features, but the pipeline is expecting {n_in}.")
-    return np.ascontiguousarray(x)
+    # A DataFrame's values can be a read-only view, which torch would share.
+    return np.require(x, requirements=["C_CONTIGUOUS", "WRITEABLE"])
 
 
 class AffineInput(nn.Module):
