@@ -24,6 +24,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("training_speed.py", "mnist"),
         ("memory.py", None),
         ("defaults.py", None),
+        ("tabular.py", None),
         ("mnist_table1.py", "mnist"),
         ("japanese_vowels_table2.py", "sktime"),
         ("gradient_distortion.py", "mnist"),
