@@ -296,10 +296,10 @@ class _ROLLMixin(SkorchSklearnMixin):
     def get_iterator(self, dataset, training=False):
         """skorch's batches; with the default DataLoader, each fetched by one indexing.
 
-        The batches are those of skorch's default (in order, ``batch_size`` each);
-        indexing the arrays once per batch instead of once per sample takes a third of
-        an epoch's time off a small network. Any ``iterator_*`` parameter, or another
-        iterator or dataset, takes skorch's own path.
+        The batches are those of skorch's default (in order, ``batch_size`` each), but
+        the arrays are indexed once per batch instead of once per sample, which for a
+        small network is much of an epoch's work. Any ``iterator_*`` parameter, or
+        another iterator or dataset, takes skorch's own path.
         """
         prefix = "iterator_train" if training else "iterator_valid"
         plain = isinstance(dataset, Dataset) or (
