@@ -86,7 +86,7 @@ STUDIES = {
         "module": "cnn",
         "datasets": {"digits 8x8": _digits_images},
         "seeds": [0, 1],
-        "grid": [(lam, 1.0) for lam in (0.001, 0.003, 0.01, 0.03, 0.1)],
+        "grid": [(lam, 1.0) for lam in (0.001, 0.003, 0.01, 0.03)],
         "score": "accuracy",
         "network": "ResNet (16, 32 channels)",
     },
