@@ -1,110 +1,239 @@
-"""How the estimators' defaults were chosen: a small study on tabular data sets.
+"""How the estimators' defaults were chosen: a small study per architecture and task.
 
-For each of scikit-learn's bundled classification sets (standardised, 70/30 split,
-two seeds) it trains the default network (2x100 ReLU, Adam lr 1e-3, batch 64, 50
-epochs) with plain training (lam=0) and with ROLL over a lam x C grid, and reports
-test accuracy and the median certified l2 margin relative to plain training.
+For each built-in architecture it trains the default network (Adam lr 1e-3, batch 64,
+50 epochs) with plain training (lam=0) and with ROLL over a grid of lam and C, and
+reports the mean test score and the median certified l2 margin relative to plain
+training. The default of each study is the setting with the largest median-margin
+gain (geometric mean over data sets and seeds) whose mean score stays within a point
+(0.01 of accuracy or R^2) of plain training's; sklearn_roll/_defaults.py holds them.
 
-    python benchmarks/defaults.py            # full study
-    python benchmarks/defaults.py --quick    # one data set, one seed, small grid
+* "mlp" (classifier): the 2x100 ReLU MLP on scikit-learn's classification sets
+  (digits, breast cancer, wine, iris), standardised, 70/30 split, two seeds;
+* "mlp-regressor": the same MLP as a regressor (standardised target) on diabetes and
+  on Friedman's first synthetic problem (1,000 samples), five seeds;
+* "cnn": the ResNet (16, 32 channels) on digits as 8x8 images in [0, 1], two seeds.
+
+The sequence defaults ("rnn") come from the sequences study, not from here.
+
+    python benchmarks/defaults.py            # full study (about two hours on 2 cores)
+    python benchmarks/defaults.py --quick    # one data set, one seed, small grids
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
+import joblib
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
+import torch
+from sklearn.datasets import (
+    load_breast_cancer,
+    load_diabetes,
+    load_digits,
+    load_iris,
+    load_wine,
+    make_friedman1,
+)
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from _common import budget, markdown_table, write
-from sklearn_roll import ROLLClassifier
+import sklearn_roll
+from _common import RESULTS, budget, markdown_table, write
+from sklearn_roll import ROLLClassifier, ROLLRegressor
+from sklearn_roll._defaults import DEFAULTS
 
-DATASETS = {
-    "digits": load_digits,
-    "breast_cancer": load_breast_cancer,
-    "wine": load_wine,
-    "iris": load_iris,
+# A point of accuracy, or of R^2.
+TOLERANCE = 0.01
+
+
+def _digits_images():
+    X, y = load_digits(return_X_y=True)
+    return (X / 16.0).reshape(-1, 1, 8, 8), y
+
+
+def _friedman():
+    return make_friedman1(n_samples=1000, noise=1.0, random_state=0)
+
+
+STUDIES = {
+    "mlp": {
+        "task": "classifier",
+        "module": "mlp",
+        "datasets": {
+            "digits": lambda: load_digits(return_X_y=True),
+            "breast_cancer": lambda: load_breast_cancer(return_X_y=True),
+            "wine": lambda: load_wine(return_X_y=True),
+            "iris": lambda: load_iris(return_X_y=True),
+        },
+        "seeds": [0, 1],
+        "grid": [(lam, C) for lam in (0.25, 1.0, 4.0) for C in (0.25, 1.0, 4.0)],
+        "score": "accuracy",
+        "network": "2x100 ReLU MLP",
+    },
+    "mlp-regressor": {
+        "task": "regressor",
+        "module": "mlp",
+        "datasets": {"diabetes": lambda: load_diabetes(return_X_y=True), "friedman1": _friedman},
+        "seeds": [0, 1, 2, 3, 4],
+        "grid": [(lam, C) for lam in (0.25, 1.0, 4.0, 16.0) for C in (0.25, 1.0, 4.0)],
+        "score": "R^2",
+        "network": "2x100 ReLU MLP regressor, standardised target",
+    },
+    "cnn": {
+        "task": "classifier",
+        "module": "cnn",
+        "datasets": {"digits 8x8": _digits_images},
+        "seeds": [0, 1],
+        "grid": [(lam, 1.0) for lam in (0.001, 0.003, 0.01, 0.03)],
+        "score": "accuracy",
+        "network": "ResNet (16, 32 channels)",
+    },
 }
 
 
-def evaluate(X, y, seed, lam, C, max_epochs):
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=seed, stratify=y)
-    scaler = StandardScaler().fit(Xtr)
-    Xtr, Xte = scaler.transform(Xtr), scaler.transform(Xte)
-    clf = ROLLClassifier(lam=lam, C=C, max_epochs=max_epochs, random_state=seed).fit(Xtr, ytr)
-    return clf.score(Xte, yte), float(np.median(clf.certified_margin(Xte)))
+def _split(X, y, seed, classifier):
+    stratify = y if classifier else None
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=seed, stratify=stratify)
+    if Xtr.ndim == 2:
+        scaler = StandardScaler().fit(Xtr)
+        Xtr, Xte = scaler.transform(Xtr), scaler.transform(Xte)
+    return Xtr, Xte, ytr, yte
 
 
-def main(quick: bool) -> None:
-    wall = time.perf_counter()
-    datasets = ["wine"] if quick else list(DATASETS)
-    seeds = [0] if quick else [0, 1]
-    grid = (
-        [(1.0, 1.0)] if quick else [(lam, C) for lam in (0.25, 1.0, 4.0) for C in (0.25, 1.0, 4.0)]
+def evaluate(study, split, seed, lam, C, max_epochs, n_margin):
+    """Test score and median certified l2 margin of one fit, cached by what shapes it."""
+    Xtr, Xte, ytr, yte = split
+    key = joblib.hash(
+        (study["module"], study["task"], Xtr, ytr, Xte, seed, lam, C, max_epochs, n_margin)
     )
+    cache = RESULTS.parent / ".cache" / "defaults" / f"{key}_{sklearn_roll.__version__}.json"
+    if cache.exists():
+        return tuple(json.loads(cache.read_text()))
+    Estimator = ROLLClassifier if study["task"] == "classifier" else ROLLRegressor
+    est = Estimator(study["module"], lam=lam, C=C, max_epochs=max_epochs, random_state=seed)
+    est.fit(Xtr, ytr)
+    result = (est.score(Xte, yte), float(np.median(est.certified_margin(Xte[:n_margin]))))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result))
+    return result
+
+
+def run(name, study, quick):
+    """Every run of one study: {(lam, C): [(dataset, seed, score, margin)]}."""
+    datasets = list(study["datasets"])[:1] if quick else list(study["datasets"])
+    seeds = study["seeds"][:1] if quick else study["seeds"]
+    grid = study["grid"][:1] if quick else study["grid"]
     max_epochs = budget(quick, 50, 5, 1)
     results = {}
-    for name in datasets:
-        X, y = DATASETS[name](return_X_y=True)
+    for dataset in datasets:
+        X, y = study["datasets"][dataset]()
+        if quick:
+            X, y = X[: budget(quick, None, 600, 150)], y[: budget(quick, None, 600, 150)]
+        n_margin = budget(quick, None, 100, 20)
         for seed in seeds:
+            split = _split(X, y, seed, study["task"] == "classifier")
             for lam, C in [(0.0, 0.0)] + grid:
-                acc, margin = evaluate(X, y, seed, lam, C, max_epochs)
-                results.setdefault((lam, C), []).append((name, seed, acc, margin))
-                print(name, seed, lam, C, f"{acc:.3f}", f"{margin:.3g}", flush=True)
-    vanilla = {(d, s): (a, m) for d, s, a, m in results[(0.0, 0.0)]}
-    rows, data = (
-        [],
-        {"settings": [], "datasets": datasets, "seeds": seeds, "max_epochs": max_epochs},
-    )
+                score, margin = evaluate(study, split, seed, lam, C, max_epochs, n_margin)
+                results.setdefault((lam, C), []).append((dataset, seed, score, margin))
+                print(name, dataset, seed, lam, C, f"{score:.3f}", f"{margin:.3g}", flush=True)
+    return results, datasets, seeds, max_epochs
+
+
+def summarise(results):
+    """Per setting: mean score, its drop from plain training, and margin ratios."""
+    plain = {(d, s): (a, m) for d, s, a, m in results[(0.0, 0.0)]}
+    rows = []
     for (lam, C), runs in results.items():
-        acc_drop = np.mean([vanilla[(d, s)][0] - a for d, s, a, _ in runs])
-        ratios = [m / vanilla[(d, s)][1] for d, s, _, m in runs]
-        acc = np.mean([a for _, _, a, _ in runs])
+        ratios = [m / plain[(d, s)][1] for d, s, _, m in runs]
         rows.append(
-            [
-                lam,
-                C,
-                f"{acc:.3f}",
-                f"{100 * acc_drop:+.1f}",
-                f"{np.exp(np.mean(np.log(ratios))):.2f}x",
-                f"{min(ratios):.2f}x",
-            ]
-        )
-        data["settings"].append(
             {
                 "lam": lam,
                 "C": C,
-                "mean_accuracy": acc,
-                "mean_accuracy_drop_points": 100 * acc_drop,
+                "mean_score": float(np.mean([a for _, _, a, _ in runs])),
+                "mean_score_drop": float(np.mean([plain[(d, s)][0] - a for d, s, a, _ in runs])),
                 "geometric_mean_margin_ratio": float(np.exp(np.mean(np.log(ratios)))),
-                "min_margin_ratio": min(ratios),
+                "min_margin_ratio": float(min(ratios)),
                 "runs": [
-                    {"dataset": d, "seed": s, "accuracy": a, "median_l2_margin": m}
+                    {"dataset": d, "seed": s, "score": a, "median_l2_margin": m}
                     for d, s, a, m in runs
                 ],
             }
         )
-    table = markdown_table(
-        [
-            "lam",
-            "C",
-            "mean test accuracy",
-            "accuracy change vs lam=0 (points)",
-            "median-margin ratio (geometric mean)",
-            "smallest ratio",
-        ],
-        rows,
-    )
+    return rows
+
+
+def choose(rows):
+    """The ROLL setting with the largest margin gain within TOLERANCE of plain training."""
+    eligible = [r for r in rows if r["lam"] > 0 and r["mean_score_drop"] <= TOLERANCE + 1e-12]
+    if not eligible:
+        return None
+    return max(eligible, key=lambda r: r["geometric_mean_margin_ratio"])
+
+
+def main(quick: bool) -> None:
+    wall = time.perf_counter()
+    torch.set_num_threads(1)
+    sections, data = [], {"studies": {}}
+    for name, study in STUDIES.items():
+        results, datasets, seeds, max_epochs = run(name, study, quick)
+        rows = summarise(results)
+        chosen = choose(rows)
+        default = DEFAULTS[study["task"]][study["module"]]
+        table = markdown_table(
+            [
+                "lam",
+                "C",
+                f"mean test {study['score']}",
+                "change vs lam=0 (points)",
+                "median-margin ratio (geometric mean)",
+                "smallest ratio",
+                "selection",
+            ],
+            [
+                [
+                    r["lam"],
+                    r["C"],
+                    f"{r['mean_score']:.3f}",
+                    f"{-100 * r['mean_score_drop'] + 0.0:+.1f}",
+                    f"{r['geometric_mean_margin_ratio']:.2f}x",
+                    f"{r['min_margin_ratio']:.2f}x",
+                    ("chosen" if r is chosen else "")
+                    + (" (default)" if (r["lam"], r["C"]) == default else ""),
+                ]
+                for r in rows
+            ],
+        )
+        verdict = (
+            "no ROLL setting stays within a point of plain training"
+            if chosen is None
+            else f"chosen: lam={chosen['lam']:g}, C={chosen['C']:g}"
+        )
+        sections.append(
+            f"**{name}**: {study['network']}; {', '.join(datasets)}; seeds {seeds}; "
+            f"{max_epochs} epochs\n\n{table}\n\n{verdict}; the package's default is "
+            f"lam={default[0]:g}, C={default[1]:g}.\n"
+        )
+        data["studies"][name] = {
+            "task": study["task"],
+            "module": study["module"],
+            "datasets": datasets,
+            "seeds": seeds,
+            "max_epochs": max_epochs,
+            "settings": rows,
+            "chosen": None if chosen is None else [chosen["lam"], chosen["C"]],
+            "default": list(default),
+        }
     data["wall_seconds"] = time.perf_counter() - wall
     text = (
-        f"# Choosing the defaults: {', '.join(datasets)}; seeds {seeds}; 2x100 ReLU MLP, "
-        f"Adam lr 1e-3, batch 64, {max_epochs} epochs\n\n{table}\n\n"
-        "Accuracy change is plain training minus ROLL, averaged over data sets and seeds "
-        "(positive: ROLL is less accurate). Ratios compare the median certified l2 margin "
-        "on the test split with plain training's.\n"
+        "# Choosing the defaults, per architecture: Adam lr 1e-3, batch 64\n\n"
+        + "\n".join(sections)
+        + "\nChange is ROLL's mean test score minus plain training's, averaged over data "
+        "sets and seeds, in points (0.01 of accuracy or R^2). Ratios compare the median "
+        "certified l2 margin on the test split (standardised features; pixels in [0, 1]) "
+        "with plain training's. Chosen: the largest margin gain within a point of plain "
+        "training.\n"
     )
     print(text)
     print(f"wrote {write('defaults', text, data, quick)} in {data['wall_seconds']:.0f} s")

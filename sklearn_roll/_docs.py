@@ -13,9 +13,10 @@ F = TypeVar("F", bound=Callable)
 
 _PARAMETERS = {
     "estimator": """
-        estimator : ROLLClassifier, ROLLRegressor or Pipeline
+        estimator : ROLLClassifier, ROLLRegressor, Pipeline or TransformedTargetRegressor
             A fitted estimator, or a fitted pipeline ending in one whose other steps
-            are affine (see *Pipelines* in :mod:`sklearn_roll.regions`).""",
+            are affine, or a fitted ``TransformedTargetRegressor`` with an affine
+            transformer around either (see *Pipelines* in :mod:`sklearn_roll.regions`).""",
     "classifier": """
         estimator : ROLLClassifier or Pipeline
             A fitted classifier, or a fitted pipeline ending in one whose other steps
@@ -40,6 +41,12 @@ _PARAMETERS = {
     "progress": """
         progress : bool, default=False
             Show a tqdm progress bar over the batches.""",
+    "features": """
+        features : str, int, array-like of them, or None, default=None
+            The raw input columns that may move, by name (input with column names)
+            or index; every other input is held fixed at its value in X, and the
+            result concerns the subspace of these columns, in their raw units. None
+            lets every input move. See *Tables* in :mod:`sklearn_roll.regions`.""",
     "target": """
         target : label, array-like of labels, int or None, default=None
             Classifier: the class whose logit is explained, one label for all
@@ -59,10 +66,12 @@ _PARAMETERS["window_parameters"] = """
 
 # Parameter lists of whole families of functions.
 _PARAMETERS["margin_parameters"] = "\n".join(
-    _PARAMETERS[name] for name in ("estimator", "X", "p", "precision", "batch_size", "progress")
+    _PARAMETERS[name]
+    for name in ("estimator", "X", "p", "features", "precision", "batch_size", "progress")
 )
 _PARAMETERS["radius_parameters"] = "\n".join(
-    _PARAMETERS[name] for name in ("classifier", "X", "p", "precision", "batch_size", "progress")
+    _PARAMETERS[name]
+    for name in ("classifier", "X", "p", "features", "precision", "batch_size", "progress")
 )
 
 # The setup of most examples: a small classifier fitted on iris in a fraction of a second.

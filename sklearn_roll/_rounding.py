@@ -515,6 +515,9 @@ class Float32Chain:
             on = [pattern[rows] for pattern in patterns]
             grads = chain_vjp(self.exact, on, layer, cotangents)
             spread = chain_vjp(self.exact, on, layer, cotangents.abs(), absolute=True)
+            if self.features is not None:
+                # The norm over the moving coordinates, as the float32 one it replaces.
+                grads, spread = grads[:, self.features], spread[:, self.features]
             allowance = gamma64(2 * roundings + 4) * spread.sum(dim=1)
             norm = torch.linalg.vector_norm(grads, ord=q, dim=1) + allowance
             return norm * (1 + gamma64(grads.shape[1] + 2))

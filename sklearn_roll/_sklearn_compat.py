@@ -9,6 +9,7 @@ reconciles the two, so that the estimators' own classes hold only what ROLL adds
 from __future__ import annotations
 
 import contextlib
+import copy
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
+from torch import nn
 
 __all__ = ["SkorchSklearnMixin"]
 
@@ -39,6 +41,15 @@ class SkorchSklearnMixin:
             if vars(self).get(name, default) == default:
                 vars(self).pop(name, None)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # skorch treats a torch module assigned outside its initialize methods as a
+        # component and refuses it; a parameter (``module=nn.Sequential(...)``, a
+        # criterion instance) is a value that __init__, clone and set_params assign.
+        if isinstance(value, nn.Module) and not name.endswith("_") and "__" not in name:
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
     def _get_param_names(self):
         # skorch treats every attribute not ending in "_" as a parameter, including
         # its private bookkeeping (e.g. _params_to_validate); keep only public ones.
@@ -59,10 +70,54 @@ class SkorchSklearnMixin:
             )
 
     def initialize_criterion(self):
-        """Build the loss: ``criterion``, or the estimator's default when it is None."""
+        """Build the loss with ``reduction="none"``: ``criterion``, or the default when None.
+
+        The estimator averages the per-example losses itself, with the sample weights.
+        """
         criterion = self._default_criterion if self.criterion is None else self.criterion
-        self.criterion_ = self.initialized_instance(criterion, self.get_params_for("criterion"))
+        params = self.get_params_for("criterion")
+        if isinstance(criterion, nn.Module) and not params:
+            loss = copy.deepcopy(criterion)
+            if not hasattr(loss, "reduction"):
+                raise TypeError(
+                    f"criterion {type(loss).__name__} has no 'reduction': the estimator needs "
+                    "per-example losses (reduction='none') to weight and average them."
+                )
+            loss.reduction = "none"
+        else:
+            try:
+                loss = self.initialized_instance(criterion, {**params, "reduction": "none"})
+            except TypeError as exc:
+                raise TypeError(
+                    f"criterion {getattr(criterion, '__name__', type(criterion).__name__)} "
+                    "does not accept reduction='none': the estimator needs per-example losses "
+                    f"to weight and average them ({exc})."
+                ) from exc
+        self.criterion_ = loss
         return self
+
+    def _check_usable_device(self) -> None:
+        """Refuse a ``device`` torch cannot use here, saying why."""
+        if self.device is None:
+            return
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ValueError(f"device={self.device!r} is not a torch device: {exc}") from exc
+        if device.type != "cuda":
+            return
+        if not torch.cuda.is_available():
+            build = (
+                "this torch build has no CUDA support"
+                if torch.version.cuda is None
+                else "torch finds no CUDA GPU (torch.cuda.is_available() is False)"
+            )
+            raise ValueError(f"device={self.device!r}, but {build}; use device='cpu'.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={self.device!r}, but torch sees {torch.cuda.device_count()} CUDA "
+                "device(s)."
+            )
 
     @contextlib.contextmanager
     def _threads(self) -> Iterator[None]:

@@ -11,29 +11,39 @@ from __future__ import annotations
 import copy
 import inspect
 import weakref
+from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import is_classifier
+from sklearn.metrics import r2_score
 from sklearn.utils import column_or_1d
-from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    Options,
+    StrOptions,
+)
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted
 from skorch import NeuralNetClassifier, NeuralNetRegressor
-from skorch.callbacks import EpochScoring, ProgressBar
-from skorch.dataset import unpack_data
+from skorch.callbacks import EpochScoring, PassthroughScoring, ProgressBar
+from skorch.dataset import Dataset, unpack_data
 from skorch.utils import is_dataset, to_numpy, to_tensor
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
-from . import regions
+from . import _early_stopping, regions
 from ._adapter import Network
+from ._defaults import DEFAULTS, roll_weights
 from ._docs import fill_doc
 from ._evaluation import check_parameters, forward
 from ._interrupt import LastFinishedEpoch
 from ._sklearn_compat import SkorchSklearnMixin
 from ._validation import check_input
+from ._weights import check_sample_weight, normalized, per_sample_class_weight, standardization
 from .linearize import check_supported, float64_copy
 from .loss import APPROX_METHODS, roll_penalty
 from .nn import MLP, ElmanRNN, ResNet
@@ -48,20 +58,35 @@ _BUILTIN_MODULES = {"mlp": MLP, "rnn": ElmanRNN, "cnn": ResNet}
 _FLOAT64_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _inputs(X):
+    """The inputs, and the sample weights or None, of the data skorch passes around."""
+    if isinstance(X, Mapping):
+        return X["X"], X.get("sample_weight")
+    return X, None
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    return values.mean() if weight is None else (values * weight).mean()
+
+
 class _ROLLMixin(SkorchSklearnMixin):
     """The ROLL part shared by the two estimators; comes before skorch's class in the MRO."""
 
     _parameter_constraints: dict = {
         "module": [StrOptions(set(_BUILTIN_MODULES)), type, nn.Module],
-        "hidden_layer_sizes": ["array-like", None],
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left"), None],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "negative_slope": [Interval(Real, 0, None, closed="left")],
-        "lam": [Interval(Real, 0, None, closed="left")],
-        "C": [Interval(Real, 0, None, closed="left")],
+        "lam": [Interval(Real, 0, None, closed="left"), None],
+        "C": [Interval(Real, 0, None, closed="left"), None],
         "gamma": [Interval(Real, 0, 100, closed="right")],
         "approx": [Interval(Integral, 1, None, closed="left"), None],
         "approx_method": [StrOptions(set(APPROX_METHODS))],
         "input_shape": ["array-like", None],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "n_threads": [Interval(Integral, 1, None, closed="left"), None],
         "criterion": [type, nn.Module, None],
@@ -79,11 +104,20 @@ class _ROLLMixin(SkorchSklearnMixin):
         "classes_inferred_",
         "n_outputs_",
         "y_ndim_",
+        "y_mean_",
+        "y_scale_",
         "n_features_in_",
         "feature_names_in_",
         "input_kind_",
         "image_shape_",
+        "n_iter_",
+        "best_epoch_",
+        "loss_curve_",
+        "validation_scores_",
     )
+
+    # The history key of the validation score (validation_scores_).
+    _validation_score: str
 
     def __init__(
         self,
@@ -92,12 +126,16 @@ class _ROLLMixin(SkorchSklearnMixin):
         hidden_layer_sizes=None,
         activation="relu",
         negative_slope=0.01,
-        lam=1.0,
-        C=1.0,
+        lam=None,
+        C=None,
         gamma=100.0,
         approx=None,
         approx_method="projections",
         input_shape=None,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
         random_state=None,
         n_threads=None,
         criterion=None,
@@ -129,17 +167,40 @@ class _ROLLMixin(SkorchSklearnMixin):
         self.approx = approx
         self.approx_method = approx_method
         self.input_shape = input_shape
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
         self.random_state = random_state
         self.n_threads = n_threads
         self._drop_skorch_init_state()
 
     def _check_params(self) -> None:
+        if isinstance(self.train_split, Real) and not isinstance(self.train_split, bool):
+            raise InvalidParameterError(
+                f"The 'train_split' parameter of {type(self).__name__} must be a callable or "
+                f"None, got {self.train_split!r}: skorch splits with a callable such as "
+                f"skorch.dataset.ValidSplit({self.train_split!r}). For early stopping on a "
+                f"held-out share, set early_stopping=True, validation_fraction="
+                f"{self.train_split!r} instead."
+            )
         self._validate_sklearn_params()
         if self.approx is not None and self.gamma != 100:
             raise ValueError(
                 f"approx={self.approx} requires gamma=100 (got gamma={self.gamma}): the "
                 "approximation estimates the mean over all units."
             )
+        if self.early_stopping and self.train_split is not None:
+            raise ValueError(
+                "early_stopping=True holds out validation_fraction of the data itself; leave "
+                "train_split=None (or set early_stopping=False to use your train_split)."
+            )
+        self._check_usable_device()
+
+    def _roll_weights(self) -> tuple[float, float]:
+        """``(lam, C)``: the parameters, or the architecture's defaults where they are None."""
+        task = "classifier" if is_classifier(self) else "regressor"
+        return roll_weights(task, self.module, self.lam, self.C)
 
     # ------------------------------------------------------------ skorch hooks
 
@@ -151,7 +212,11 @@ class _ROLLMixin(SkorchSklearnMixin):
         return sizes
 
     def initialize_module(self):
-        """Build the module, inferring its input and output sizes from the data."""
+        """Build the module, inferring its input and output sizes from the data.
+
+        A module instance is copied, so that every fit starts from its weights and the
+        parameter itself never trains.
+        """
         kwargs = self.get_params_for("module")
         fitted = hasattr(self, "n_outputs_")
         if isinstance(self.module, str):
@@ -163,13 +228,18 @@ class _ROLLMixin(SkorchSklearnMixin):
             builder = _BUILTIN_MODULES[self.module]
             params = {"activation": self.activation, "negative_slope": self.negative_slope}
             if self.hidden_layer_sizes is not None:
-                params["hidden_layer_sizes"] = tuple(self.hidden_layer_sizes)
+                sizes = self.hidden_layer_sizes
+                params["hidden_layer_sizes"] = (
+                    (int(sizes),) if isinstance(sizes, Integral) else tuple(sizes)
+                )
             sizes = {
                 k: v
                 for k, v in self._data_sizes().items()
                 if k in inspect.signature(builder).parameters
             }
             module = builder(**{**sizes, **params, **kwargs})
+        elif isinstance(self.module, nn.Module) and not kwargs:
+            module = copy.deepcopy(self.module)
         else:
             if isinstance(self.module, type) and fitted:
                 accepted = inspect.signature(self.module).parameters
@@ -181,14 +251,18 @@ class _ROLLMixin(SkorchSklearnMixin):
         return self
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
-        """Refuse modules the certificates cannot model before any training."""
+        """Refuse what cannot train before any training: modules the certificates cannot
+        model, and callbacks that watch a validation split there is none of."""
         super().on_train_begin(net, X=X, y=y, **kwargs)
-        sample = to_tensor(X[:4], device=self.device)
+        _early_stopping.check_monitors(
+            self.callbacks_, self.early_stopping or self.train_split is not None
+        )
+        sample = to_tensor(_inputs(X)[0][:4], device=self.device)
         was_training = self.module_.training
         try:
             self.module_.eval()
             check_supported(self.module_, sample)
-            if self.lam > 0:
+            if self._roll_weights()[0] > 0:
                 # The ROLL loss linearizes the module in training mode.
                 self.module_.train()
                 check_supported(self.module_, sample)
@@ -198,32 +272,90 @@ class _ROLLMixin(SkorchSklearnMixin):
     @property
     def _default_callbacks(self):
         callbacks = list(super()._default_callbacks)
-        # Before the user's callbacks, so that an EarlyStopping interrupt at the end of
-        # an epoch comes after that epoch was kept.
-        callbacks.append(("last_finished_epoch", LastFinishedEpoch()))
-        # get_params reads this property, so an invalid verbose must not raise here.
+        # Before the user's callbacks (and the early stopping), so that an interrupt at
+        # the end of an epoch comes after that epoch was kept.
+        callbacks += [
+            ("last_finished_epoch", LastFinishedEpoch()),
+            ("train_task_loss", PassthroughScoring("train_task_loss", on_train=True)),
+            ("valid_task_loss", PassthroughScoring("valid_task_loss")),
+        ]
+        # get_params reads this property, so invalid parameters must not raise here.
+        if self.early_stopping is True:
+            callbacks.append(
+                (_early_stopping.NAME, _early_stopping.callback(self.n_iter_no_change, self.tol))
+            )
         if isinstance(self.verbose, Real) and self.verbose >= 2:
             callbacks.append(("progress_bar", ProgressBar()))
         return callbacks
 
+    def get_split_datasets(self, X, y=None, **fit_params):
+        """skorch's split, or with ``early_stopping`` the held-out ``validation_fraction``."""
+        if not self.early_stopping:
+            return super().get_split_datasets(X, y, **fit_params)
+        split = _early_stopping.split(
+            self.validation_fraction, is_classifier(self), self.random_state
+        )
+        return split(self.get_dataset(X, y), y, **fit_params)
+
+    def get_iterator(self, dataset, training=False):
+        """skorch's batches; with the default DataLoader, each fetched by one indexing.
+
+        The batches are those of skorch's default (in order, ``batch_size`` each), but
+        the arrays are indexed once per batch instead of once per sample, which for a
+        small network is much of an epoch's work. Any ``iterator_*`` parameter, or
+        another iterator or dataset, takes skorch's own path.
+        """
+        prefix = "iterator_train" if training else "iterator_valid"
+        plain = isinstance(dataset, Dataset) or (
+            isinstance(dataset, Subset) and isinstance(dataset.dataset, Dataset)
+        )
+        if getattr(self, prefix) is not DataLoader or self.get_params_for(prefix) or not plain:
+            return super().get_iterator(dataset, training=training)
+        n = len(dataset)
+        size = n if self.batch_size == -1 else self.batch_size
+        batches = [np.arange(start, min(start + size, n)) for start in range(0, n, size)]
+        return DataLoader(dataset, batch_size=None, sampler=batches)
+
+    def infer(self, x, **fit_params):
+        """The module's output on a batch (the sample weights stay out of its forward)."""
+        return super().infer(_inputs(x)[0], **fit_params)
+
     def get_loss(self, y_pred, y_true, X=None, training=False):
-        """Task loss plus ``lam`` times the ROLL penalty of the batch."""
-        loss = super().get_loss(y_pred, y_true, X=X, training=training)
-        if self.lam == 0 or X is None:
+        """Weighted task loss plus ``lam`` times the weighted ROLL penalty of the batch."""
+        x, weight = _inputs(X)
+        if weight is not None:
+            weight = to_tensor(weight, device=self.device)
+        losses = super().get_loss(y_pred, y_true, X=x, training=training)
+        if losses.dim() == 0:
+            raise TypeError(
+                f"criterion {type(self.criterion_).__name__} returned one number, but the "
+                "estimator needs one loss per example (reduction='none')."
+            )
+        loss = _weighted_mean(losses.reshape(len(losses), -1).mean(dim=1), weight)
+        self._record_batch(f"{'train' if training else 'valid'}_task_loss", loss.item())
+        lam, C = self._roll_weights()
+        if lam == 0 or x is None:
             return loss
         penalty = roll_penalty(
             self.module_,
-            to_tensor(X, device=self.device),
-            C=self.C,
+            to_tensor(x, device=self.device),
+            C=C,
             gamma=self.gamma,
             approx=self.approx,
             approx_method=self.approx_method,
+            sample_weight=weight,
         )
-        return loss + self.lam * penalty
+        return loss + lam * penalty
+
+    def _record_batch(self, key: str, value: float) -> None:
+        # get_loss also serves callers outside the training loop, with no batch to record.
+        history = self.history_
+        if history and history[-1].get("batches"):
+            history.record_batch(key, value)
 
     # ------------------------------------------------------------------ fitting
 
-    def fit(self, X, y, **fit_params):
+    def fit(self, X, y, sample_weight=None, **fit_params):
         """Initialize the network and train it on (X, y).
 
         Parameters
@@ -233,6 +365,10 @@ class _ROLLMixin(SkorchSklearnMixin):
             NaN-padded array or a list of 2-D arrays; images as a 4-D array.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets.
+        sample_weight : array-like of shape (n_samples,) or None, default=None
+            Weights >= 0 of the samples in the task loss and the ROLL penalty alike
+            (an integer weight k counts a sample as k copies of it); only their
+            ratios matter. With early stopping, the validation loss is weighted too.
         **fit_params : dict
             Passed to the module's forward and to ``train_split``.
 
@@ -242,14 +378,14 @@ class _ROLLMixin(SkorchSklearnMixin):
         """
         self._check_params()
         fresh = not self.warm_start or not self.initialized_
-        x, y = self._fit_data(X, y, reset=fresh)
+        x, y = self._fit_data(X, y, sample_weight, reset=fresh, partial=False)
         with self._torch_context():
             if fresh:
                 self.initialize()
-            super().partial_fit(x, y, _routing_method="fit", **fit_params)
+            self._train(x, y, _routing_method="fit", **fit_params)
         return self
 
-    def partial_fit(self, X, y, classes=None, **fit_params):
+    def partial_fit(self, X, y, classes=None, sample_weight=None, **fit_params):
         """Train for ``max_epochs`` more epochs, initializing on the first call.
 
         Parameters
@@ -261,6 +397,8 @@ class _ROLLMixin(SkorchSklearnMixin):
         classes : array-like or None, default=None
             All class labels, needed on the first call of a classifier if ``y`` does
             not contain every class.
+        sample_weight : array-like of shape (n_samples,) or None, default=None
+            Weights of the samples, as in :meth:`fit`.
         **fit_params : dict
             Passed to the module's forward and to ``train_split``.
 
@@ -270,18 +408,37 @@ class _ROLLMixin(SkorchSklearnMixin):
         """
         self._check_params()
         fresh = not self.initialized_
-        x, y = self._fit_data(X, y, reset=fresh, classes=classes)
+        x, y = self._fit_data(X, y, sample_weight, reset=fresh, classes=classes, partial=True)
         with self._torch_context():
             if fresh:
                 self.initialize()
-            super().partial_fit(x, y, **fit_params)
+            self._train(x, y, **fit_params)
         return self
+
+    def _train(self, data, y, **fit_params) -> None:
+        """skorch's training loop, then the fitted attributes read from its history."""
+        if self.early_stopping:
+            classes = self.classes_ if is_classifier(self) else None
+            _early_stopping.check_split(self.validation_fraction, y, classes)
+        super().partial_fit(data, y, **fit_params)
+        summary = _early_stopping.summary(
+            self.history_, dict(self.callbacks_), self._validation_score
+        )
+        for name, value in summary.items():
+            setattr(self, name, value)
 
     def _fit_input(self, X, y, reset: bool) -> np.ndarray:
         """Validated training input as float32 (sizes set from it when ``reset``)."""
         x, _ = check_input(self, X, reset=reset)
         self._check_y_given(y)
         return self._float32(x, "X")
+
+    @staticmethod
+    def _training_data(x: np.ndarray, weight: np.ndarray | None):
+        """What skorch trains on: the inputs, and their weights (mean 1) if any."""
+        if weight is None:
+            return x
+        return {"X": x, "sample_weight": normalized(weight)}
 
     # --------------------------------------------------------------- predicting
 
@@ -322,9 +479,16 @@ class _ROLLMixin(SkorchSklearnMixin):
             "tabular": (self.n_features_in_,),
             "image": tuple(getattr(self, "image_shape_", ())),
         }.get(self.input_kind_)
-        classes = self.classes_ if is_classifier(self) else None
+        classifier = is_classifier(self)
         return Network(
-            self._network(), self._convert, self.input_kind_, sample_shape, classes, self._threads
+            self._network(),
+            self._convert,
+            self.input_kind_,
+            sample_shape,
+            self.classes_ if classifier else None,
+            self._threads,
+            output_scale=None if classifier else self.y_scale_,
+            feature_names=getattr(self, "feature_names_in_", None),
         )
 
     def _forward(self, X, logits: bool = False) -> np.ndarray:
@@ -429,7 +593,9 @@ class _ROLLMixin(SkorchSklearnMixin):
     # ------------------------------------------------------------ certificates
 
     @fill_doc
-    def certified_margin(self, X, p=2, *, precision="float32", batch_size=None, progress=False):
+    def certified_margin(
+        self, X, p=2, *, features=None, precision="float32", batch_size=None, progress=False
+    ):
         """Certified l_p margin of each sample's linear region.
 
         See :func:`sklearn_roll.regions.certified_margin`.
@@ -438,6 +604,7 @@ class _ROLLMixin(SkorchSklearnMixin):
         ----------
         %(X)s
         %(p)s
+        %(features)s
         %(precision)s
         %(batch_size)s
         %(progress)s
@@ -447,12 +614,27 @@ class _ROLLMixin(SkorchSklearnMixin):
         ndarray of shape (n_samples,)
         """
         return regions.certified_margin(
-            self, X, p, precision=precision, batch_size=batch_size, progress=progress
+            self,
+            X,
+            p,
+            features=features,
+            precision=precision,
+            batch_size=batch_size,
+            progress=progress,
         )
 
     @fill_doc
-    def explain(self, X, target=None, *, precision="float32", batch_size=None, progress=False):
-        """Exact input gradient of the target's logit (or of the output).
+    def explain(
+        self,
+        X,
+        target=None,
+        *,
+        features=None,
+        precision="float32",
+        batch_size=None,
+        progress=False,
+    ):
+        """Exact input gradient of the target's logit (or of the prediction).
 
         See :func:`sklearn_roll.regions.explain`.
 
@@ -460,6 +642,7 @@ class _ROLLMixin(SkorchSklearnMixin):
         ----------
         %(X)s
         %(target)s
+        %(features)s
         precision : {"float32", "float64"}, default="float32"
             Arithmetic of the gradient.
         %(batch_size)s
@@ -470,7 +653,13 @@ class _ROLLMixin(SkorchSklearnMixin):
         array shaped like X
         """
         return regions.explain(
-            self, X, target, precision=precision, batch_size=batch_size, progress=progress
+            self,
+            X,
+            target,
+            features=features,
+            precision=precision,
+            batch_size=batch_size,
+            progress=progress,
         )
 
 
@@ -485,19 +674,24 @@ _COMMON_DOC = """
         your own module. Built-in modules infer their sizes from the data; a user
         class receives ``n_features``, ``n_outputs`` and, for images,
         ``input_shape`` if its ``__init__`` accepts them, plus every ``module__*``
-        parameter.
-    hidden_layer_sizes : tuple of int or None, default=None
+        parameter. An instance is copied at every fit, whose starting point is its
+        weights (``random_state`` then seeds the shuffling and probes only); it
+        must fit the data's sizes itself. Instances clone, pickle and take part in
+        grid searches like classes.
+    hidden_layer_sizes : int, tuple of int or None, default=None
         Layer widths of the built-in module (RNN: stacked hidden sizes; CNN: channels
-        per stage); None takes the module's default: (100, 100) for "mlp", (64,) for
-        "rnn", (16, 32) for "cnn".
+        per stage), an int for a single layer; None takes the module's default:
+        (100, 100) for "mlp", (64,) for "rnn", (16, 32) for "cnn".
     activation : {"relu", "leaky_relu"}, default="relu"
         Hidden activation of the built-in module.
     negative_slope : float, default=0.01
         Slope below zero of the LeakyReLU.
-    lam : float >= 0, default=1.0
+    lam : float >= 0 or None, default=None
         Weight of the ROLL penalty (the paper's lambda); 0 trains the plain network.
-    C : float >= 0, default=1.0
-        Weight of the hinge ``max(0, 1 - |z_u|)`` within the per-unit loss.
+        None takes the architecture's default (see Notes).
+    C : float >= 0 or None, default=None
+        Weight of the hinge ``max(0, 1 - |z_u|)`` within the per-unit loss; None takes
+        the architecture's default (see Notes).
     gamma : float in (0, 100], default=100
         Percent of units, by largest per-unit loss, averaged per example; 100 is the
         mean over all units.
@@ -508,12 +702,29 @@ _COMMON_DOC = """
         Probes: sampled input axes, or Rademacher projections.
     input_shape : tuple of int or None, default=None
         Shape of one image when images are passed flattened.
+%(task_parameters)s
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data (%(stratified)s, seeded
+        by ``random_state``) and stop when the validation loss has not fallen by
+        ``tol`` for ``n_iter_no_change`` epochs, or after ``max_epochs``; the
+        weights of the best epoch (``best_epoch_``) are restored from a copy in
+        memory. The validation loss is the objective training minimises, on the
+        held-out data: the task loss plus ``lam`` times the ROLL penalty, weighted
+        like training (the paper's "best epoch by validation loss"). The history
+        also records the task loss alone, ``train_task_loss`` and
+        ``valid_task_loss``, and the validation %(score)s (``validation_scores_``).
+    validation_fraction : float in (0, 1), default=0.1
+        Share of the training data held out by ``early_stopping``.
+    n_iter_no_change : int >= 1, default=10
+        Epochs without improvement after which ``early_stopping`` stops.
+    tol : float >= 0, default=1e-4
+        The fall of the validation loss that counts as an improvement.
     random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation, batch shuffling and probes (inside
-        ``torch.random.fork_rng``, so the global torch RNG is left as it was). With
-        an int, two fits give bit-identical networks, predictions and certificates,
-        in one process or in separate processes, on CPU with the same machine and
-        torch build. No torch setting is needed for that on CPU; keep
+        Seeds weight initialisation, batch shuffling, the early-stopping split and
+        probes (inside ``torch.random.fork_rng``, so the global torch RNG is left as
+        it was). With an int, two fits give bit-identical networks, predictions and
+        certificates, in one process or in separate processes, on CPU with the same
+        machine and torch build. No torch setting is needed for that on CPU; keep
         ``n_threads`` fixed if the core count may differ, since large matrix
         products may split their sums differently with other thread counts. On
         GPU, call ``torch.use_deterministic_algorithms(True)`` (and set
@@ -522,9 +733,10 @@ _COMMON_DOC = """
         torch threads during fit, predict, the certificates and the scorers of
         :mod:`sklearn_roll.metrics`; None leaves torch's setting alone. Set it to 1
         when folds run in parallel (joblib, dask or Ray workers).
-    criterion : torch loss class or None, default=None
-        The task loss, given logits; None takes ``CrossEntropyLoss`` for the
-        classifier and ``MSELoss`` for the regressor. The ROLL penalty is added to it.
+    criterion : torch loss class or instance, or None, default=None
+        The task loss, given %(criterion_input)s; None takes ``%(criterion)s``. It is
+        built with ``reduction="none"``: the estimator averages the per-example
+        losses with the sample weights, and adds the ROLL penalty.
     optimizer : torch optimizer class, default=torch.optim.Adam
         The optimizer; its parameters go as ``optimizer__*``.
     lr : float, default=1e-3
@@ -535,7 +747,9 @@ _COMMON_DOC = """
         Samples per training batch (-1: all of them); also the batch size of
         ``predict``.
     train_split : callable or None, default=None
-        skorch's internal validation split; None trains on all the data.
+        skorch's internal validation split (e.g. ``skorch.dataset.ValidSplit(0.2)``),
+        for your own callbacks; None trains on all the data, or on what
+        ``early_stopping`` does not hold out.
     verbose : int, default=0
         1 prints skorch's epoch table; 2 or more also shows a progress bar over the
         batches of each epoch (skorch's ``ProgressBar`` callback, added to the default
@@ -543,6 +757,7 @@ _COMMON_DOC = """
     **kwargs
         Everything else skorch accepts: ``module__*``, ``optimizer__*``,
         ``callbacks``, ``device``, ``iterator_train__*``, ``warm_start``, ...
+        ``device="cuda"`` without a usable GPU is refused at fit.
 """
 
 _FITTED_DOC = """
@@ -554,8 +769,18 @@ _FITTED_DOC = """
         The kind of input fit saw, which later input must match.
     image_shape_ : tuple of int
         (channels, height, width) of one image (image input only).
+    n_iter_ : int
+        Epochs trained, over every call since the network was initialized.
+    best_epoch_ : int
+        The epoch whose weights the network has: with ``early_stopping``, the last
+        one that lowered the validation loss by at least ``tol``; otherwise the last.
+    loss_curve_ : list of float
+        The training objective (task loss plus ``lam`` times the ROLL penalty) of
+        each epoch, its weighted mean over the batches.
+    validation_scores_ : list of float or None
+        The %(score)s on the validation split of each epoch; None without a split.
     module_ : nn.Module
-        The trained network; it outputs logits (classifier) or predictions.
+        The trained network; it outputs logits (classifier) or %(outputs)s.
     history_ : skorch.History
         Per-epoch training record.
 """
@@ -563,10 +788,12 @@ _FITTED_DOC = """
 _NOTES_DOC = """
     Notes
     -----
-    The defaults were chosen by ``benchmarks/defaults.py``, which trains the default
-    network on scikit-learn's tabular sets over a grid of ``lam`` and ``C`` and keeps
-    the largest median-margin gain among the settings whose mean accuracy stays
-    within a point of plain training (``benchmarks/results/defaults.md``).
+    Defaults per architecture: with ``lam=None`` and ``C=None`` the estimator uses
+    ``(lam, C)`` = %(defaults)s; a user module takes the "mlp" values. They were
+    chosen by ``benchmarks/defaults.py``, which trains each built-in network with its
+    defaults over a grid of ``lam`` and ``C`` and keeps the largest median-margin
+    gain among the settings whose mean test score stays within a point of plain
+    training (``benchmarks/results/defaults.md``).
 
     Saving and loading: ``est.save(path)`` and ``ROLLClassifier.load(path)`` /
     ``ROLLRegressor.load(path)`` (see :mod:`sklearn_roll.persistence`) write and read
@@ -593,6 +820,18 @@ _NOTES_DOC = """
 """
 
 
+def _estimator_doc(summary: str, task: str, attributes: str, examples: str, **fields) -> str:
+    """A class docstring from the shared sections, with the task's fields filled in."""
+    defaults = ", ".join(
+        f'({lam:g}, {C:g}) for "{module}"' for module, (lam, C) in DEFAULTS[task].items()
+    )
+    fields["defaults"] = defaults
+    text = summary + _COMMON_DOC + attributes + _FITTED_DOC + _NOTES_DOC + examples
+    for key, value in fields.items():
+        text = text.replace(f"%({key})s", value)
+    return text
+
+
 def _encoded_accuracy(net, X, y) -> float:
     """Accuracy of the network's argmax against encoded targets (skorch scoring)."""
     if y is None:
@@ -600,26 +839,35 @@ def _encoded_accuracy(net, X, y) -> float:
     return float(np.mean(to_numpy(net.forward(X)).argmax(axis=1) == to_numpy(y)))
 
 
+def _standardized_r2(net, X, y) -> float:
+    """R^2 of the network's outputs against the standardised targets (skorch scoring).
+
+    R^2 does not change under the affine map back to raw target units.
+    """
+    if y is None:
+        _, y = unpack_data(next(iter(net.get_iterator(X))))
+    y = to_numpy(y).reshape(len(y), -1)
+    return float(r2_score(y, to_numpy(net.forward(X)).reshape(len(y), -1)))
+
+
 class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
-    __doc__ = (
+    __doc__ = _estimator_doc(
         """Classifier whose input gradients are provably stable around each sample.
 
     A skorch ``NeuralNetClassifier`` trained with cross-entropy plus the ROLL
     penalty, which enlarges the linear regions of a piecewise-linear network around
     the training points, with per-sample certificates of their size.
-"""
-        + _COMMON_DOC
-        + """
+""",
+        "classifier",
+        """
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
         Class labels; logit i is class ``classes_[i]``.
     n_outputs_ : int
         Number of classes.
-"""
-        + _FITTED_DOC
-        + _NOTES_DOC
-        + """
+""",
+        """
     Examples
     --------
     >>> from sklearn.datasets import load_iris
@@ -630,16 +878,53 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
     (2,)
     >>> clf.certified_margin(X[:2]).shape
     (2,)
-    """
+
+    Weighted classes, and early stopping on a tenth of the data held out:
+
+    >>> clf = ROLLClassifier(
+    ...     hidden_layer_sizes=(16,), class_weight="balanced", early_stopping=True,
+    ...     n_iter_no_change=3, max_epochs=30, random_state=0,
+    ... ).fit(X, y)
+    >>> 1 <= clf.best_epoch_ <= clf.n_iter_ <= 30
+    True
+    """,
+        task_parameters="""    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes, multiplying the sample weights: a dict from class
+        label to weight (classes it omits weigh 1), or "balanced", which weighs each
+        class inversely to its (weighted) frequency in y, ``n_samples / (n_classes *
+        count)``. Not available with ``partial_fit``, which sees part of the data.""",
+        stratified="stratified by class",
+        score="accuracy",
+        criterion_input="logits",
+        criterion="CrossEntropyLoss",
+        outputs="logits",
     )
 
-    _default_criterion = torch.nn.CrossEntropyLoss
+    _parameter_constraints: dict = {
+        **_ROLLMixin._parameter_constraints,
+        "class_weight": [StrOptions({"balanced"}), dict, None],
+    }
 
-    def _fit_data(self, X, y, reset, classes=None):
+    _default_criterion = torch.nn.CrossEntropyLoss
+    _validation_score = "valid_acc"
+
+    def __init__(self, module="mlp", *, class_weight=None, **kwargs):
+        super().__init__(module, **kwargs)
+        self.class_weight = class_weight
+
+    def _fit_data(self, X, y, sample_weight, reset, classes=None, partial=False):
         x = self._fit_input(X, y, reset)
         y = column_or_1d(y, warn=True)
         check_consistent_length(x, y)
         check_classification_targets(y)
+        weight = check_sample_weight(sample_weight, len(x))
+        if partial and isinstance(self.class_weight, str):
+            raise ValueError(
+                "class_weight='balanced' is not available with partial_fit, which sees one "
+                "part of the data at a time: compute the weights once from all labels, e.g. "
+                "sklearn.utils.class_weight.compute_class_weight('balanced', classes=classes, "
+                "y=y), and pass them as a dict."
+            )
         if reset:
             if classes is None:
                 classes = self.classes if self.classes is not None else np.unique(y)
@@ -654,9 +939,14 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
         unknown = np.setdiff1d(np.unique(y), known)
         if len(unknown):
             raise ValueError(
-                f"y contains labels not seen in the first fit: {unknown.tolist()[:5]}."
+                f"y contains labels not seen in the first fit: {unknown.tolist()[:5]}; the "
+                f"classes were fixed then as {known.tolist()[:20]}. Pass every label to the "
+                "first partial_fit as classes=[...] (or set the estimator's classes "
+                "parameter)."
             )
-        return x, np.searchsorted(known, y).astype(np.int64)
+        encoded = np.searchsorted(known, y).astype(np.int64)
+        weight = per_sample_class_weight(self.class_weight, known, encoded, weight)
+        return self._training_data(x, weight), encoded
 
     @fill_doc
     def predict_proba(self, X):
@@ -702,25 +992,28 @@ class ROLLClassifier(_ROLLMixin, NeuralNetClassifier):
 
 
 class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
-    __doc__ = (
+    __doc__ = _estimator_doc(
         """Regressor whose input gradients are provably stable around each sample.
 
     A skorch ``NeuralNetRegressor`` trained with mean squared error plus the ROLL
-    penalty. Targets are not scaled: standardise them (e.g. with
-    ``TransformedTargetRegressor``) when they are large.
-"""
-        + _COMMON_DOC
-        + """
+    penalty. By default it standardises the target internally, so that the balance
+    between the task loss and the penalty does not depend on the target's units;
+    predictions, explanations and scores are in raw target units.
+""",
+        "regressor",
+        """
     Attributes
     ----------
     n_outputs_ : int
         Number of regression targets.
     y_ndim_ : int
         Dimensions of y in fit (1 or 2); ``predict`` returns the same.
-"""
-        + _FITTED_DOC
-        + _NOTES_DOC
-        + """
+    y_mean_, y_scale_ : ndarray of shape (n_outputs,)
+        The (weighted) mean and standard deviation of each target in the first fit,
+        by which the network's outputs are mapped to raw units: ``predict`` is
+        ``output * y_scale_ + y_mean_`` (0 and 1 with ``standardize_target=False``).
+""",
+        """
     Examples
     --------
     >>> from sklearn.datasets import load_diabetes
@@ -728,32 +1021,59 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
     >>> from sklearn_roll import ROLLRegressor
     >>> X, y = load_diabetes(return_X_y=True)
     >>> reg = ROLLRegressor(hidden_layer_sizes=(16,), max_epochs=5, random_state=0)
-    >>> reg.fit(scale(X), scale(y)).predict(scale(X)[:2]).shape
+    >>> reg.fit(scale(X), y).predict(scale(X)[:2]).shape
     (2,)
-    """
+    >>> bool(abs(reg.y_mean_[0] - y.mean()) < 1e-9)
+    True
+    """,
+        task_parameters="""    standardize_target : bool, default=True
+        Train on the target minus its mean, divided by its standard deviation (both
+        weighted by the sample weights, per output, set by the first fit), and map
+        the outputs back. False trains on the raw target.""",
+        stratified="not stratified",
+        score="R^2",
+        criterion_input="the network's outputs and the (standardised) targets",
+        criterion="MSELoss",
+        outputs="standardised predictions",
     )
 
-    _default_criterion = torch.nn.MSELoss
+    _parameter_constraints: dict = {
+        **_ROLLMixin._parameter_constraints,
+        "standardize_target": ["boolean"],
+    }
 
-    def _fit_data(self, X, y, reset, classes=None):
+    _default_criterion = torch.nn.MSELoss
+    _validation_score = "valid_r2"
+
+    def __init__(self, module="mlp", *, standardize_target=True, **kwargs):
+        super().__init__(module, **kwargs)
+        self.standardize_target = standardize_target
+
+    def _fit_data(self, X, y, sample_weight, reset, classes=None, partial=False):
         x = self._fit_input(X, y, reset)
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         check_consistent_length(x, y)
         if y.ndim > 2:
             raise ValueError(f"y must be 1-D or 2-D, got {y.ndim}-D.")
         y2 = y.reshape(len(y), -1)
+        weight = check_sample_weight(sample_weight, len(x))
         if reset:
             self.n_outputs_ = y2.shape[1]
             self.y_ndim_ = y.ndim
+            if self.standardize_target:
+                self.y_mean_, self.y_scale_ = standardization(y2, weight)
+            else:
+                self.y_mean_, self.y_scale_ = np.zeros(y2.shape[1]), np.ones(y2.shape[1])
         elif y2.shape[1] != self.n_outputs_:
             raise ValueError(
                 f"y has {y2.shape[1]} outputs, but the model was fitted with {self.n_outputs_}."
             )
-        return x, self._float32(y2, "y")
+        target = self._float32((y2 - self.y_mean_) / self.y_scale_, "y")
+        return self._training_data(x, weight), target
 
     @fill_doc
     def predict(self, X):
-        """Predicted targets.
+        """Predicted targets, in raw units.
 
         Parameters
         ----------
@@ -763,12 +1083,19 @@ class ROLLRegressor(_ROLLMixin, NeuralNetRegressor):
         -------
         ndarray of shape (n_samples,) or (n_samples, n_outputs)
         """
-        out = self._forward(X)
+        out = self._forward(X) * self.y_scale_ + self.y_mean_
         return out.ravel() if self.y_ndim_ == 1 else out
 
     @available_if(lambda self: False)
     def predict_proba(self, X):
         """Not available: a regressor has no class probabilities."""
+
+    @property
+    def _default_callbacks(self):
+        return [
+            *super()._default_callbacks,
+            ("valid_r2", EpochScoring(_standardized_r2, name="valid_r2", lower_is_better=False)),
+        ]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

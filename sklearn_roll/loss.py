@@ -4,15 +4,21 @@ Per example x and counted hidden unit u the relaxed per-unit loss is::
 
     t_u(x) = ||g_u(x)||_2^2 + C * max(0, 1 - |z_u(x)|)
 
-and the penalty is the mean over examples of the mean of t_u over the top gamma
-percent of units (gamma = 100: all units). The unit gradients come from the
+and the penalty is the mean over examples (weighted by ``sample_weight`` if given) of
+the mean of t_u over the top gamma percent of units (gamma = 100: all units). The unit gradients come from the
 linearized forward of :mod:`sklearn_roll.linearize`, differentiable with respect to
 the parameters.
 
 For gamma = 100 the gradient term is ``||J||_F^2`` summed over units, which
 ``approx=k`` estimates without bias from k probes: k input axes sampled uniformly
 ("axes", the paper's Eq. 10) or k Rademacher projections ("projections",
-Hutchinson's estimator, one forward-mode pass each).
+Hutchinson's estimator, one forward-mode pass each). For a chain of ``nn.Linear``
+layers with one or two hidden layers (the default :class:`~sklearn_roll.nn.MLP`) it has
+a closed form, which the exact penalty uses: the first layer's unit gradients are the
+rows of ``W1`` whatever x, and the second layer's, ``W2 diag(a) W1`` with ``a`` the
+first activation's slopes at x, have squared norms summing to
+``a^T ((W2^T W2) * (W1 W1^T)) a``, one quadratic form per example instead of a
+Jacobian.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .linearize import AxisTangents, linearize
+from .linearize import AxisTangents, linear_chain, linearize
 
 __all__ = ["APPROX_METHODS", "roll_penalty"]
 
@@ -69,6 +75,7 @@ def roll_penalty(
     gamma: float = 100.0,
     approx: int | None = None,
     approx_method: str = "projections",
+    sample_weight: Tensor | None = None,
 ) -> Tensor:
     """The ROLL regulariser of a batch, differentiable with respect to the parameters.
 
@@ -87,11 +94,14 @@ def roll_penalty(
         probes (gamma must be 100).
     approx_method : {"axes", "projections"}, default="projections"
         How probes are drawn when ``approx`` is set.
+    sample_weight : Tensor of shape (n,) or None, default=None
+        Per-example weights: the result is ``mean(sample_weight * per_example)``, which
+        with weights of mean 1 weighs an example of weight k as k copies of it.
 
     Returns
     -------
     Tensor
-        A scalar: the mean over examples of the aggregated per-unit loss.
+        A scalar: the (weighted) mean over examples of the aggregated per-unit loss.
 
     Examples
     --------
@@ -105,6 +115,10 @@ def roll_penalty(
     if approx is not None and gamma != 100:
         raise ValueError("approx requires gamma=100: the estimate covers the sum over all units.")
     n = x.shape[0]
+    if approx is None and gamma == 100:
+        shallow = _shallow_chain_penalty(module, x, C, sample_weight)
+        if shallow is not None:
+            return shallow
     if approx is None:
         lin = linearize(module, x, "l2")
         scale = None
@@ -128,7 +142,7 @@ def roll_penalty(
             [_sum_counted(h, lin.counted[i]) for i, h in enumerate(hinge)]
         ).sum(dim=0)
         per_example = (grad_total + C * hinge_total) / counts.clamp(min=1)
-        return per_example.mean()
+        return _mean(per_example, sample_weight)
     t = torch.cat([g + C * h for g, h in zip(grad_sq, hinge)], dim=1)
     valid = torch.cat(
         [
@@ -143,4 +157,37 @@ def roll_penalty(
     top = torch.where(torch.isfinite(top), top, 0.0)
     k = torch.ceil(counts * gamma / 100).clamp(min=1).long()
     sums = top.cumsum(dim=1).gather(1, (k - 1)[:, None])[:, 0]
-    return (sums / k).mean() if n else x.new_zeros(())
+    return _mean(sums / k, sample_weight) if n else x.new_zeros(())
+
+
+def _shallow_chain_penalty(
+    module: nn.Module, x: Tensor, C: float, sample_weight: Tensor | None
+) -> Tensor | None:
+    """The exact gamma = 100 penalty of a Linear chain with one or two hidden layers.
+
+    None for any other module, which takes the linearized forward.
+    """
+    chain = linear_chain(module) if x.dim() == 2 else None
+    if chain is None or len(chain) not in (2, 3):
+        return None
+    first, slope = chain[0]
+    z = first(x)
+    grad_total = first.weight.pow(2).sum().expand(len(x))
+    hinge_total = torch.relu(1 - z.abs()).sum(dim=1)
+    units = z.shape[1]
+    if len(chain) == 3:
+        second = chain[1][0]
+        # The activation's slopes at x, frozen: the pattern has no gradient.
+        active = torch.where(z > 0, z.new_tensor(1.0), z.new_tensor(slope))
+        z2 = second(z * active)
+        gram = (second.weight.T @ second.weight) * (first.weight @ first.weight.T)
+        grad_total = grad_total + ((active @ gram) * active).sum(dim=1)
+        hinge_total = hinge_total + torch.relu(1 - z2.abs()).sum(dim=1)
+        units += z2.shape[1]
+    return _mean((grad_total + C * hinge_total) / units, sample_weight)
+
+
+def _mean(per_example: Tensor, sample_weight: Tensor | None) -> Tensor:
+    if sample_weight is None:
+        return per_example.mean()
+    return (per_example * sample_weight.to(per_example.dtype)).mean()

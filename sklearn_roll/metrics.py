@@ -7,7 +7,8 @@ is better), usable wherever scikit-learn takes a scorer, alone or in a dict::
 
 The estimator may be a fitted ROLL estimator or a fitted pipeline ending in one whose
 other steps are affine; margins are then in the units of the pipeline's raw features
-(see :mod:`sklearn_roll.regions`). Scoring runs with the estimator's ``n_threads``
+(see :mod:`sklearn_roll.regions`). With ``features=`` the certificates concern the
+subspace of those raw columns, the others held fixed (tables with categorical columns). Scoring runs with the estimator's ``n_threads``
 torch threads, like its ``predict``.
 """
 
@@ -56,6 +57,10 @@ def _format(value: Any) -> str:
     return "np.inf" if value == math.inf else repr(value)
 
 
+def _features(features: Any) -> str:
+    return "" if features is None else f", features={features!r}"
+
+
 class _QuantileScorer:
     """A quantile over samples of a per-sample certificate."""
 
@@ -66,6 +71,7 @@ class _QuantileScorer:
         p: float,
         quantile: float,
         precision: str,
+        features: Any,
     ) -> None:
         dual_order(p)
         check_precision(precision)
@@ -74,19 +80,24 @@ class _QuantileScorer:
         self.p = p
         self.quantile = _check_quantile(quantile)
         self.precision = precision
+        self.features = features
 
     def __call__(self, estimator: Any, X: Any, y: Any = None) -> float:
-        values = self.certificate(estimator, X, self.p, precision=self.precision)
+        values = self.certificate(
+            estimator, X, self.p, features=self.features, precision=self.precision
+        )
         return _quantile(values, self.quantile)
 
     def __repr__(self) -> str:
         return (
             f"{self.factory}(p={_format(self.p)}, quantile={self.quantile!r}, "
-            f"precision={self.precision!r})"
+            f"precision={self.precision!r}{_features(self.features)})"
         )
 
 
-def margin_scorer(p: float = 2, quantile: float = 0.5, precision: str = "float32") -> Scorer:
+def margin_scorer(
+    p: float = 2, quantile: float = 0.5, precision: str = "float32", *, features: Any = None
+) -> Scorer:
     """Scorer: a quantile of the certified l_p margins on the scoring data.
 
     The margin of a sample is the radius of the largest l_p ball around it on which
@@ -101,6 +112,9 @@ def margin_scorer(p: float = 2, quantile: float = 0.5, precision: str = "float32
         paper's measure). Interpolated linearly; +inf margins stay +inf.
     precision : {"float32", "float64"}, default="float32"
         Arithmetic of the certificate.
+    features : str, int, array-like of them, or None, default=None
+        Raw input columns that may move, the others held fixed (see
+        :func:`sklearn_roll.certified_margin`); None for all.
 
     Returns
     -------
@@ -123,10 +137,12 @@ def margin_scorer(p: float = 2, quantile: float = 0.5, precision: str = "float32
     >>> sorted(scores)[-2:]
     ['test_accuracy', 'test_margin']
     """
-    return _QuantileScorer("margin_scorer", certified_margin, p, quantile, precision)
+    return _QuantileScorer("margin_scorer", certified_margin, p, quantile, precision, features)
 
 
-def radius_scorer(p: float = 2, quantile: float = 0.5, precision: str = "float32") -> Scorer:
+def radius_scorer(
+    p: float = 2, quantile: float = 0.5, precision: str = "float32", *, features: Any = None
+) -> Scorer:
     """Scorer: a quantile of the certified robust radii (classifiers only).
 
     Within a sample's radius the prediction provably cannot change
@@ -140,6 +156,8 @@ def radius_scorer(p: float = 2, quantile: float = 0.5, precision: str = "float32
         Which quantile of the per-sample radii to report.
     precision : {"float32", "float64"}, default="float32"
         Arithmetic of the certificate.
+    features : str, int, array-like of them, or None, default=None
+        Raw input columns that may move, the others held fixed; None for all.
 
     Returns
     -------
@@ -153,13 +171,13 @@ def radius_scorer(p: float = 2, quantile: float = 0.5, precision: str = "float32
     >>> radius_scorer(p=1, quantile=0.25)
     radius_scorer(p=1, quantile=0.25, precision='float32')
     """
-    return _QuantileScorer("radius_scorer", certified_radius, p, quantile, precision)
+    return _QuantileScorer("radius_scorer", certified_radius, p, quantile, precision, features)
 
 
 class _CertifiedAccuracyScorer:
     """Fraction of samples predicted right with a certified radius of at least ``radius``."""
 
-    def __init__(self, radius: float, p: float, precision: str) -> None:
+    def __init__(self, radius: float, p: float, precision: str, features: Any) -> None:
         if not isinstance(radius, numbers.Real) or isinstance(radius, bool) or not radius >= 0:
             raise ValueError(f"radius must be a non-negative number, got {radius!r}.")
         dual_order(p)
@@ -167,22 +185,27 @@ class _CertifiedAccuracyScorer:
         self.radius = radius
         self.p = p
         self.precision = precision
+        self.features = features
 
     def __call__(self, estimator: Any, X: Any, y: Any = None) -> float:
         if y is None:
             raise ValueError("certified_accuracy_scorer needs the true labels y.")
-        radii = certified_radius(estimator, X, self.p, precision=self.precision)
+        radii = certified_radius(
+            estimator, X, self.p, features=self.features, precision=self.precision
+        )
         correct = estimator.predict(X) == np.asarray(y)
         return float(np.mean(correct & (radii >= self.radius)))
 
     def __repr__(self) -> str:
         return (
             f"certified_accuracy_scorer(radius={self.radius!r}, p={_format(self.p)}, "
-            f"precision={self.precision!r})"
+            f"precision={self.precision!r}{_features(self.features)})"
         )
 
 
-def certified_accuracy_scorer(radius: float, p: float = 2, precision: str = "float32") -> Scorer:
+def certified_accuracy_scorer(
+    radius: float, p: float = 2, precision: str = "float32", *, features: Any = None
+) -> Scorer:
     """Scorer: certified accuracy, the fraction of samples provably right within ``radius``.
 
     A sample counts when it is classified correctly and its certified robust radius
@@ -197,6 +220,8 @@ def certified_accuracy_scorer(radius: float, p: float = 2, precision: str = "flo
         Order of the ball.
     precision : {"float32", "float64"}, default="float32"
         Arithmetic of the certificate.
+    features : str, int, array-like of them, or None, default=None
+        Raw input columns that may move, the others held fixed; None for all.
 
     Returns
     -------
@@ -210,4 +235,4 @@ def certified_accuracy_scorer(radius: float, p: float = 2, precision: str = "flo
     >>> certified_accuracy_scorer(0.1, p=np.inf)
     certified_accuracy_scorer(radius=0.1, p=np.inf, precision='float32')
     """
-    return _CertifiedAccuracyScorer(radius, p, precision)
+    return _CertifiedAccuracyScorer(radius, p, precision, features)

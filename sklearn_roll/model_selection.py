@@ -78,9 +78,18 @@ class _BestMarginWithin:
         margins = _column(cv_results, self.margin, "margin")
         valid = ~np.isnan(scores) & ~np.isnan(margins)
         if not valid.any():
+            failed = [
+                repr(name)
+                for name, column in ((self.score, scores), (self.margin, margins))
+                if np.isnan(column).all()
+            ]
+            which = " and ".join(failed) if failed else f"{self.score!r} or {self.margin!r}"
             raise ValueError(
-                f"Every candidate has a NaN mean {self.score!r} or {self.margin!r}: "
-                "all fits or scorings failed."
+                f"Every candidate has a NaN mean test {which} score: the scorer (or every "
+                "fit) failed on every candidate, and GridSearchCV, with its "
+                "default error_score=np.nan, reports why only in a warning ('Scoring "
+                "failed' or 'fits failed'). Run the search with error_score='raise' to see "
+                "the error."
             )
         best = self._reference_score(cv_results, scores, valid)
         eligible = valid & (scores >= best - self.tolerance - _SLACK)

@@ -55,17 +55,17 @@ def certified_margin_dask(estimator: Any, X: Any, p: float = 2, **kwargs: Any) -
 
     Parameters
     ----------
-    estimator : ROLLClassifier, ROLLRegressor or Pipeline
+    estimator : ROLLClassifier, ROLLRegressor, Pipeline or TransformedTargetRegressor
         A fitted estimator, or a fitted pipeline ending in one whose other steps are
-        affine (margins then in raw feature units).
+        affine (margins then in raw feature units), or a target wrapper around either.
     X : dask.array.Array of shape (n_samples, ...)
         Samples, in the layout the estimator was fitted on (numeric arrays; not
         DataFrames, so feature names are not checked).
     p : {1, 2, np.inf}, default=2
         Order of the ball.
     **kwargs
-        Passed to :func:`sklearn_roll.certified_margin` (``precision``,
-        ``batch_size``).
+        Passed to :func:`sklearn_roll.certified_margin` (``features``,
+        ``precision``, ``batch_size``).
 
     Returns
     -------

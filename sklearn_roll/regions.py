@@ -19,7 +19,23 @@ with a method ``roll_affine_map()`` returning ``(A, c)`` such that
 ``transform(X) == X @ A.T + c`` (``A`` of shape (n_outputs, n_inputs), or (n_features,)
 for a feature-wise map). The steps are folded into the network in float64, so margins,
 bounds and gradients concern the composed function and are in the units of the raw
-features that the pipeline receives. Any other step raises a ``ValueError`` naming it.
+features that the pipeline receives. A ``ColumnTransformer`` whose parts are such maps
+(or ``"drop"``) folds too. Any other step raises a ``ValueError`` naming it. A fitted
+``TransformedTargetRegressor`` around an estimator or pipeline works as well when its
+target transformer is affine (scalers, or none): gradients are then those of its
+predictions, in raw target units; margins do not depend on the target's units.
+
+Tables. With ``features=`` (names or indices of raw input columns) a certificate
+concerns the subspace of those columns, every other input held fixed at its value in
+X: the largest ball in which the moving columns can go, in their raw units,
+``min_u |z_u| / ||(g_u)_F||_q``, per-coordinate bounds for them only, and gradients
+with respect to them (NaN at the columns held fixed). The columns held fixed need not
+reach the network through affine maps: a pipeline whose ``ColumnTransformer``
+one-hot encodes categorical columns (or applies any transformer to columns that do
+not move) is certified over its numeric columns, the encoding of the fixed columns
+entering the network as a constant that the pipeline's own ``transform`` computes.
+Naming a column that is not numeric, or that reaches the network through a step that
+is not affine, raises a ``ValueError`` naming the column and the step.
 
 Precision. Certificates concern the network as a real-valued function of its
 weights at the given point, in exact arithmetic. Every certificate is a lower bound
@@ -129,6 +145,7 @@ def certified_margin(
     X: Any,
     p: float = 2,
     *,
+    features: Any = None,
     precision: str = "float32",
     batch_size: int | None = None,
     progress: bool = False,
@@ -137,7 +154,8 @@ def certified_margin(
 
     The radius of the largest l_p ball around x on which the activation pattern,
     hence the input gradient, is provably constant: ``min_u |z_u| / ||g_u||_q`` with
-    ``1/p + 1/q = 1``. +inf where no unit can change.
+    ``1/p + 1/q = 1``. +inf where no unit can change. With ``features`` the ball
+    lies in the subspace of those columns and the norm is over their gradient entries.
 
     Parameters
     ----------
@@ -153,9 +171,15 @@ def certified_margin(
     %(fitted_iris)s
     >>> certified_margin(clf, X[:3]).shape
     (3,)
+
+    Moving the petal measurements only (columns 2 and 3), the sepals held fixed:
+
+    >>> petals = certified_margin(clf, X[:3], features=[2, 3])
+    >>> bool((petals >= certified_margin(clf, X[:3])).all())
+    True
     """
     dual_order(p)
-    fitted = view(estimator, X)
+    fitted = view(estimator, X, features)
     with fitted.threads():
         return fitted.evaluator(precision).margins(p, batch_size, False, progress)
 
@@ -166,6 +190,7 @@ def certified_radius(
     X: Any,
     p: float = 2,
     *,
+    features: Any = None,
     precision: str = "float32",
     batch_size: int | None = None,
     progress: bool = False,
@@ -192,7 +217,7 @@ def certified_radius(
     True
     """
     dual_order(p)
-    fitted = view(estimator, X)
+    fitted = view(estimator, X, features)
     if fitted.classes is None:
         raise TypeError(
             "certified_radius needs a classifier; a regressor has no decision to certify."
@@ -207,6 +232,7 @@ def directional_margin(
     X: Any,
     directions: Any,
     *,
+    features: Any = None,
     batch_size: int | None = None,
     progress: bool = False,
 ) -> np.ndarray:
@@ -224,7 +250,10 @@ def directional_margin(
     %(X)s
     directions : array-like
         One direction per sample, or a single direction for all, in the same layout
-        as a sample of X. Zero directions are refused.
+        as a sample of X; with ``features``, one entry per feature (in the sorted
+        order of the columns), shape (n_features,) or (n_samples, n_features). Zero
+        directions are refused.
+    %(features)s
     %(batch_size)s
     %(progress)s
 
@@ -240,8 +269,8 @@ def directional_margin(
     >>> directional_margin(clf, X[:3], np.array([1.0, 0.0, 0.0, 0.0])).shape
     (3,)
     """
-    fitted = view(estimator, X)
-    d = _directions(fitted, directions)
+    fitted = view(estimator, X, features)
+    d = _directions(fitted, directions) if fitted.features is None else _moving(fitted, directions)
     norms = np.sqrt((d.reshape(len(d), -1).astype(np.float64) ** 2).sum(axis=1))
     if np.any(norms == 0):
         raise ValueError("directions must be non-zero.")
@@ -284,11 +313,33 @@ def _directions(fitted: View, directions: Any) -> np.ndarray:
     return np.where(padding, 0.0, d)
 
 
+def _moving(fitted: View, directions: Any) -> np.ndarray:
+    """Directions over the moving coordinates, in the module's layout (0 elsewhere)."""
+    try:
+        d = np.asarray(directions, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"directions must be numeric: {exc}") from exc
+    n, k = len(fitted.x), len(fitted.features)
+    if d.shape == (k,):
+        d = np.broadcast_to(d, (n, k))
+    if d.shape != (n, k):
+        raise ValueError(
+            f"With features, directions must have one entry per feature: shape ({k},) or "
+            f"({n}, {k}); got {d.shape}."
+        )
+    if not np.isfinite(d).all():
+        raise ValueError("directions must be finite.")
+    out = np.zeros((n, int(np.prod(fitted.x.shape[1:]))))
+    out[:, fitted.features] = d
+    return out.reshape(fitted.x.shape)
+
+
 @fill_doc
 def stability_bounds(
     estimator: Any,
     X: Any,
     *,
+    features: Any = None,
     batch_size: int | None = None,
     progress: bool = False,
 ) -> tuple[Any, Any]:
@@ -299,12 +350,13 @@ def stability_bounds(
     only that value within the interval provably leaves the gradient unchanged
     (the paper's Figure 3). NaN at padded positions of sequences. Computed in
     float64 like :func:`directional_margin`, and likewise never above the exact
-    bounds.
+    bounds. With ``features``, the bounds of those columns only, NaN at the others.
 
     Parameters
     ----------
     %(estimator)s
     %(X)s
+    %(features)s
     %(batch_size)s
     %(progress)s
 
@@ -320,7 +372,7 @@ def stability_bounds(
     >>> bool((lower <= 0).all() and (upper >= 0).all())
     True
     """
-    fitted = view(estimator, X)
+    fitted = view(estimator, X, features)
     with fitted.threads():
         lower, upper = fitted.evaluator("float64").axis_bounds(batch_size, progress)
     padding = np.isnan(fitted.x)
@@ -367,20 +419,24 @@ def explain(
     X: Any,
     target: Any = None,
     *,
+    features: Any = None,
     precision: str = "float32",
     batch_size: int | None = None,
     progress: bool = False,
 ) -> Any:
-    """Exact input gradient of a logit (classifier) or of the output (regressor).
+    """Exact input gradient of a logit (classifier) or of the prediction (regressor).
 
     The gradient is constant over the sample's linear region, whose size
-    :func:`certified_margin` certifies.
+    :func:`certified_margin` certifies. A regressor's gradient is that of its
+    prediction in raw target units (a standardised target, or the affine target
+    transformer of a ``TransformedTargetRegressor``, scales it).
 
     Parameters
     ----------
     %(estimator)s
     %(X)s
     %(target)s
+    %(features)s
     precision : {"float32", "float64"}, default="float32"
         Arithmetic of the gradient computation. Samples whose float32 gradient
         overflows, or is so small (below ~1e-31) that float32 underflow would eat
@@ -391,7 +447,8 @@ def explain(
     Returns
     -------
     gradients : array shaped like X (a list of arrays for list input)
-        NaN at padded positions of sequences.
+        NaN at padded positions of sequences; with ``features``, an array of shape
+        (n_samples, n_columns) that is NaN at the columns held fixed.
 
     Raises
     ------
@@ -406,7 +463,7 @@ def explain(
     >>> explain(clf, X[:3], target=0).shape
     (3, 4)
     """
-    fitted = view(estimator, X)
+    fitted = view(estimator, X, features)
     check_precision(precision)
     check_parameters(fitted.module)
     exact = fitted.exact_module()
@@ -416,17 +473,25 @@ def explain(
     indices = _target_indices(fitted, target, len(fitted.x), n_outputs)
     with fitted.threads():
         grads = input_gradients(module, exact, fitted.x, indices, batch_size, progress)
+    if fitted.output_scale is not None:
+        picked = np.zeros(len(grads), dtype=np.int64) if indices is None else indices
+        grads *= fitted.output_scale[picked].reshape((-1,) + (1,) * (grads.ndim - 1))
     return fitted.restore(grads)
 
 
 @fill_doc
-def activation_patterns(estimator: Any, X: Any, *, precision: str = "float32") -> np.ndarray:
+def activation_patterns(
+    estimator: Any, X: Any, *, features: Any = None, precision: str = "float32"
+) -> np.ndarray:
     """Activation pattern of each sample: which units are on (z_u > 0).
 
     Parameters
     ----------
     %(estimator)s
     %(X)s
+    %(features)s
+        The pattern does not depend on it; it lets a pipeline with steps that are
+        not affine along the other columns be evaluated.
     precision : {"float32", "float64"}, default="float32"
         Arithmetic of the forward pass.
 
@@ -443,7 +508,7 @@ def activation_patterns(estimator: Any, X: Any, *, precision: str = "float32") -
     >>> activation_patterns(clf, X[:3]).shape
     (3, 16)
     """
-    fitted = view(estimator, X)
+    fitted = view(estimator, X, features)
     check_precision(precision)
     module = fitted.exact_module() if precision == "float64" else fitted.module
     with fitted.threads():
@@ -451,19 +516,24 @@ def activation_patterns(estimator: Any, X: Any, *, precision: str = "float32") -
 
 
 @fill_doc
-def count_linear_regions(estimator: Any, X: Any, *, progress: bool = False) -> tuple[int, int]:
+def count_linear_regions(
+    estimator: Any, X: Any, *, features: Any = None, progress: bool = False
+) -> tuple[int, int]:
     """Bounds on the number of complete linear regions touched by X (#CLR).
 
     If no sample lies exactly on a region boundary, the number of complete linear
     regions among the samples is at most the number of distinct activation
     patterns and at least the number of distinct input-output Jacobians (Lemma 7 of
     the paper). Jacobians are computed in float64 for one sample per distinct
-    pattern and compared at float32 resolution.
+    pattern and compared at float32 resolution. With ``features`` the Jacobians are
+    those with respect to the moving columns, which distinguish fewer regions: the
+    lower bound stays a lower bound.
 
     Parameters
     ----------
     %(estimator)s
     %(X)s
+    %(features)s
     %(progress)s
 
     Returns
@@ -481,11 +551,15 @@ def count_linear_regions(estimator: Any, X: Any, *, progress: bool = False) -> t
     >>> lower <= upper
     True
     """
-    fitted = view(estimator, X)
+    fitted = view(estimator, X, features)
     exact = fitted.exact_module()
     with fitted.threads():
         found = patterns(exact, fitted.x)
         _, representatives = np.unique(found, axis=0, return_index=True)
         jacobians = output_jacobians(exact, fitted.x[np.sort(representatives)], progress=progress)
+    if fitted.features is not None and len(jacobians):
+        size = int(np.prod(fitted.x.shape[1:]))
+        jacobians = jacobians.reshape(len(jacobians), -1, size)[:, :, fitted.features]
+        jacobians = jacobians.reshape(len(jacobians), -1)
     jacobians = np.nan_to_num(jacobians.astype(np.float32))
     return len(representatives), len(np.unique(jacobians, axis=0)) if len(jacobians) else 0

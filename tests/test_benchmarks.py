@@ -26,6 +26,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("sequence_speed.py", None),
         ("dask_scale.py", "distributed"),
         ("defaults.py", None),
+        ("tabular.py", None),
         ("mnist_table1.py", "mnist"),
         ("japanese_vowels_table2.py", "sktime"),
         ("gradient_distortion.py", "mnist"),

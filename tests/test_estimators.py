@@ -230,3 +230,105 @@ def test_not_fitted_error_before_fit(wine, method):
     args = (X, y) if method == "score" else (X,)
     with pytest.raises(NotFittedError):
         getattr(ROLLClassifier(), method)(*args)
+
+
+def _sequential():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(13, 12), nn.ReLU(), nn.Linear(12, 3))
+
+
+def test_module_instances_work_as_classes_do(wine):
+    X, y = wine
+    instance = _sequential()
+    before = {k: v.clone() for k, v in instance.state_dict().items()}
+    clf = ROLLClassifier(module=instance, **SMALL)
+    first = clf.fit(X, y).predict_proba(X)
+    # The parameter never trains: every fit starts from its weights.
+    for key, value in instance.state_dict().items():
+        assert torch.equal(value, before[key])
+    assert clf.module_ is not instance
+    np.testing.assert_array_equal(clf.fit(X, y).predict_proba(X), first)
+    twin = clone(clf)
+    assert twin.module is not instance
+    np.testing.assert_array_equal(twin.fit(X, y).predict_proba(X), first)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(X), first)
+    assert clf.certified_margin(X[:3]).shape == (3,)
+
+
+def test_a_grid_search_over_module_instances(wine):
+    X, y = wine
+    wide = nn.Sequential(nn.Linear(13, 24), nn.LeakyReLU(0.1), nn.Linear(24, 3))
+    search = GridSearchCV(
+        ROLLClassifier(**SMALL), {"module": [_sequential(), wide]}, cv=2, refit=True
+    ).fit(X, y)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert isinstance(search.best_estimator_.module_, nn.Sequential)
+    criterion = ROLLClassifier(criterion=nn.CrossEntropyLoss(label_smoothing=0.1), **SMALL)
+    assert clone(criterion).fit(X, y).criterion_.label_smoothing == 0.1
+
+
+def test_an_int_hidden_layer_size_is_one_layer(wine):
+    X, y = wine
+    as_int = ROLLClassifier(**{**SMALL, "hidden_layer_sizes": 16}).fit(X, y)
+    as_tuple = ROLLClassifier(**SMALL).fit(X, y)
+    np.testing.assert_array_equal(as_int.predict_proba(X), as_tuple.predict_proba(X))
+
+
+def test_lam_none_takes_the_architectures_default(wine, monkeypatch):
+    X, y = wine
+    default = ROLLClassifier(**SMALL).fit(X, y)
+    explicit = ROLLClassifier(**{**SMALL, "lam": 1.0, "C": 1.0}).fit(X, y)
+    np.testing.assert_array_equal(default.predict_proba(X), explicit.predict_proba(X))
+    assert ROLLClassifier().lam is None and ROLLClassifier().C is None
+    assert '(1, 1) for "mlp"' in ROLLClassifier.__doc__
+    monkeypatch.setitem(estimators_module.DEFAULTS["classifier"], "mlp", (0.0, 1.0))
+    plain = ROLLClassifier(**SMALL).fit(X, y)
+    lam_zero = ROLLClassifier(**{**SMALL, "lam": 0.0}).fit(X, y)
+    np.testing.assert_array_equal(plain.predict_proba(X), lam_zero.predict_proba(X))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_device_without_a_gpu_is_refused(wine):
+    X, y = wine
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(ValueError, match=rf"device='{device}', but .*use device='cpu'"):
+            ROLLClassifier(device=device, **SMALL).fit(X, y)
+    with pytest.raises(ValueError, match="device='gpu' is not a torch device"):
+        ROLLClassifier(device="gpu", **SMALL).fit(X, y)
+
+
+def test_unsupported_layers_and_losses_say_why(wine):
+    X, y = wine
+    prelu = nn.Sequential(nn.Linear(13, 8), nn.PReLU(), nn.Linear(8, 3))
+    with pytest.raises(Exception, match="piecewise linear, but its slope below zero is a learned"):
+        ROLLClassifier(module=prelu, **SMALL).fit(X, y)
+
+    class Summed(nn.Module):
+        def forward(self, out, target):
+            return nn.functional.cross_entropy(out, target)
+
+    with pytest.raises(TypeError, match="does not accept reduction='none'"):
+        ROLLClassifier(criterion=Summed, **SMALL).fit(X, y)
+    with pytest.raises(TypeError, match="has no 'reduction'"):
+        ROLLClassifier(criterion=Summed(), **SMALL).fit(X, y)
+
+
+def test_partial_fit_with_an_unseen_label_points_to_classes(wine):
+    X, y = wine
+    clf = ROLLClassifier(**SMALL).partial_fit(X[y < 2], y[y < 2])
+    with pytest.raises(ValueError, match=r"labels not seen in the first fit: \[2\].*classes=\["):
+        clf.partial_fit(X, y)
+    ROLLClassifier(**SMALL).partial_fit(X[y < 2], y[y < 2], classes=[0, 1, 2]).partial_fit(X, y)
+
+
+def test_the_default_batches_are_skorchs(wine):
+    """Fetching a batch by one indexing gives skorch's batches, so the same fit."""
+    X, y = wine
+    params = dict(SMALL, early_stopping=True, validation_fraction=0.2)
+    weight = np.arange(len(y)) % 3 + 1.0
+    fast = ROLLClassifier(**params).fit(X, y, sample_weight=weight)
+    skorchs = ROLLClassifier(
+        **params, iterator_train__shuffle=False, iterator_valid__shuffle=False
+    ).fit(X, y, sample_weight=weight)
+    np.testing.assert_array_equal(fast.predict_proba(X), skorchs.predict_proba(X))
+    assert fast.history[:, "valid_loss"] == skorchs.history[:, "valid_loss"]

@@ -41,8 +41,8 @@ class InterruptOnce(Callback):
 class InterruptingLoss(nn.CrossEntropyLoss):
     """Cross-entropy that raises KeyboardInterrupt at its ``at``-th call, once."""
 
-    def __init__(self, at):
-        super().__init__()
+    def __init__(self, at, **kwargs):
+        super().__init__(**kwargs)
         self.at = at
         self.calls = 0
 

@@ -122,3 +122,23 @@ def test_bad_arguments():
 def test_penalty_without_hidden_units_is_zero():
     module = nn.Sequential(nn.Linear(3, 2))
     assert roll_penalty(module, torch.randn(4, 3), C=1.0).item() == 0.0
+
+
+@pytest.mark.parametrize("hidden", [(7,), (7, 5)])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_the_closed_form_of_shallow_chains_equals_the_linearized_penalty(hidden, activation):
+    """Value and parameter gradients, against the general path (a hook turns it on)."""
+    torch.manual_seed(0)
+    net = MLP(4, 3, hidden, activation=activation, negative_slope=0.1).double()
+    general = copy.deepcopy(net)
+    general.register_forward_hook(lambda module, args, out: None)
+    x = torch.randn(9, 4, dtype=torch.float64)
+    weight = torch.rand(9, dtype=torch.float64)
+    values = [roll_penalty(m, x, C=0.7, sample_weight=weight) for m in (net, general)]
+    torch.testing.assert_close(values[0], values[1], rtol=1e-13, atol=0)
+    grads = [
+        torch.autograd.grad(v, list(m.parameters()), allow_unused=True, materialize_grads=True)
+        for v, m in zip(values, (net, general))
+    ]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)

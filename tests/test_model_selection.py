@@ -109,6 +109,12 @@ def test_the_papers_rule_measures_from_plain_training():
         best_margin_within(reference="vanilla")
 
 
+def test_a_scorer_that_failed_everywhere_is_named():
+    results = {"mean_test_accuracy": [0.9, 0.8], "mean_test_margin": [np.nan, np.nan]}
+    with pytest.raises(ValueError, match=r"NaN mean test 'margin' score.*error_score='raise'"):
+        best_margin_within()(results)
+
+
 def test_a_search_without_the_margin_scorer_fails_clearly(raw_iris):
     X, y = raw_iris
     search = GridSearchCV(

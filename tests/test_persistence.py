@@ -79,6 +79,18 @@ def test_pickle_and_joblib_round_trips(fitted, tmp_path):
         _assert_identical(before, _answers(other, X))
 
 
+def _sized_like(est, X, y):
+    """A zero-epoch fit that sizes the module as est's, for skorch's parameter files."""
+    restored = clone(est).set_params(max_epochs=0)
+    if hasattr(est, "classes_"):
+        restored.set_params(classes=est.classes_)
+    restored.fit(X[:1], y[:1])
+    if isinstance(est, ROLLRegressor):
+        # The target scale is learned from the data, and skorch's files do not hold it.
+        restored.y_mean_, restored.y_scale_ = est.y_mean_, est.y_scale_
+    return restored
+
+
 def test_save_params_restore_from_zero_epochs(fitted, tmp_path):
     est, X, y = fitted
     files = dict(
@@ -88,10 +100,7 @@ def test_save_params_restore_from_zero_epochs(fitted, tmp_path):
     )
     est.save_params(**files)
     # skorch's files hold no fitted attributes: a zero-epoch fit sizes the module.
-    restored = clone(est).set_params(max_epochs=0)
-    if hasattr(est, "classes_"):
-        restored.set_params(classes=est.classes_)
-    restored.fit(X[:1], y[:1])
+    restored = _sized_like(est, X, y)
     restored.load_params(**files)
     restored.set_params(max_epochs=est.max_epochs)
     _assert_identical(_answers(est, X), _answers(restored, X))
@@ -156,10 +165,7 @@ def test_params_saved_on_a_gpu_load_on_cpu(fitted, tmp_path):
         est.save_params(f_params=path)
     with pytest.raises(RuntimeError, match="CUDA"):
         torch.load(path, weights_only=True)
-    restored = clone(est).set_params(max_epochs=0)
-    if hasattr(est, "classes_"):
-        restored.set_params(classes=est.classes_)
-    restored.fit(X[:1], y[:1])
+    restored = _sized_like(est, X, y)
     # A net trained on the GPU also records device='cuda'.
     restored.device = "cuda"
     with pytest.warns(DeviceWarning, match="cuda"):

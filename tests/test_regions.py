@@ -9,6 +9,7 @@ from modules import Residual
 from reference import INSIDE, ball_points, margins, output_gradients, pattern, unit_gradients
 from sklearn_roll import ROLLClassifier, ROLLRegressor, certified_margin
 from sklearn_roll._evaluation import Evaluator
+from sklearn_roll.nn import MLP
 from sklearn_roll.regions import (
     FLOAT32_RTOL,
     activation_patterns,
@@ -291,3 +292,15 @@ def test_margins_in_a_feature_subspace_equal_per_unit_autograd(model, p, q, prec
     assert np.isnan(lower[:, fixed]).all() and np.isnan(upper[:, fixed]).all()
     np.testing.assert_allclose(lower[:, features], full_lower[:, features], rtol=1e-12)
     np.testing.assert_allclose(upper[:, features], full_upper[:, features], rtol=1e-12)
+
+
+def test_a_feature_no_unit_reads_has_an_unbounded_margin_in_float32_too():
+    """The float64 recomputation of float32 norms is restricted to the features too."""
+    torch.manual_seed(0)
+    net = MLP(4, 3, hidden_layer_sizes=(8, 8)).eval()
+    with torch.no_grad():
+        net[0].weight[:, 1] = 0.0
+    x = np.random.RandomState(0).randn(5, 4)
+    for precision in ("float32", "float64"):
+        got = Evaluator(net, x, precision, features=np.array([1])).margins(2, None, False)
+        assert np.isinf(got).all(), precision

@@ -397,7 +397,9 @@ def test_files_without_a_valid_description_are_refused(text, message, model_file
 
 
 def test_deeply_nested_json_is_refused(model_file, tmp_path):
-    text = json.dumps(model_file[3]).replace('"lam": 1.0', '"lam": ' + "[" * 10**5 + "]" * 10**5)
+    text = json.dumps(model_file[3]).replace(
+        '"gamma": 100.0', '"gamma": ' + "[" * 10**5 + "]" * 10**5
+    )
     path = tmp_path / "nested.safetensors"
     _write(path, text, model_file[4])
     with pytest.raises(ModelFileError, match="nested too deeply"):
