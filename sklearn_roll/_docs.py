@@ -23,7 +23,8 @@ _PARAMETERS = {
             are affine (see *Pipelines* in :mod:`sklearn_roll.regions`).""",
     "X": """
         X : array-like
-            Samples, in the layout the estimator (or pipeline) was fitted on.""",
+            Samples of the kind the estimator (or pipeline) was fitted on; sequences
+            laid out as its ``sequence_layout`` says, or as a nested DataFrame.""",
     "p": """
         p : {1, 2, np.inf}, default=2
             Order of the ball.""",

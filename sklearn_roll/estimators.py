@@ -82,6 +82,7 @@ class _ROLLMixin(SkorchSklearnMixin):
         "gamma": [Interval(Real, 0, 100, closed="right")],
         "approx": [Interval(Integral, 1, None, closed="left"), None],
         "approx_method": [StrOptions(set(APPROX_METHODS))],
+        "sequence_layout": [StrOptions({"ntc", "nct"})],
         "input_shape": ["array-like", None],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
@@ -131,6 +132,7 @@ class _ROLLMixin(SkorchSklearnMixin):
         gamma=100.0,
         approx=None,
         approx_method="projections",
+        sequence_layout="ntc",
         input_shape=None,
         early_stopping=False,
         validation_fraction=0.1,
@@ -166,6 +168,7 @@ class _ROLLMixin(SkorchSklearnMixin):
         self.gamma = gamma
         self.approx = approx
         self.approx_method = approx_method
+        self.sequence_layout = sequence_layout
         self.input_shape = input_shape
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -362,7 +365,8 @@ class _ROLLMixin(SkorchSklearnMixin):
         ----------
         X : array-like
             Training samples: 2-D (n_samples, n_features); sequences as a 3-D
-            NaN-padded array or a list of 2-D arrays; images as a 4-D array.
+            NaN-padded array or a list of 2-D arrays, laid out as ``sequence_layout``
+            says, or as a nested DataFrame; images as a 4-D array.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets.
         sample_weight : array-like of shape (n_samples,) or None, default=None
@@ -375,6 +379,23 @@ class _ROLLMixin(SkorchSklearnMixin):
         Returns
         -------
         self
+
+        Examples
+        --------
+        Sequences in sktime's and aeon's numpy3D layout, (n_samples, n_channels,
+        n_timepoints); explanations come back in it:
+
+        >>> import numpy as np
+        >>> from sklearn_roll import ROLLClassifier
+        >>> X = np.random.RandomState(0).randn(20, 2, 8)
+        >>> y = np.arange(20) % 2
+        >>> rnn = ROLLClassifier(
+        ...     "rnn", sequence_layout="nct", hidden_layer_sizes=(4,), max_epochs=2, random_state=0
+        ... )
+        >>> rnn.fit(X, y).n_features_in_
+        2
+        >>> rnn.explain(X[:3]).shape
+        (3, 2, 8)
         """
         self._check_params()
         fresh = not self.warm_start or not self.initialized_
@@ -650,7 +671,7 @@ class _ROLLMixin(SkorchSklearnMixin):
 
         Returns
         -------
-        array shaped like X
+        array shaped like X (a list for list input, a nested DataFrame for one)
         """
         return regions.explain(
             self,
@@ -669,7 +690,8 @@ _COMMON_DOC = """
     module : {"mlp", "rnn", "cnn"}, nn.Module class or instance, default="mlp"
         The network: :class:`~sklearn_roll.nn.MLP` for 2-D input,
         :class:`~sklearn_roll.nn.ElmanRNN` for sequences (a 3-D array with trailing
-        NaN time steps as padding, or a list of 2-D arrays),
+        NaN time steps as padding, a list of 2-D arrays, or sktime's nested
+        DataFrame; see ``sequence_layout``),
         :class:`~sklearn_roll.nn.ResNet` for images (n, channels, height, width), or
         your own module. Built-in modules infer their sizes from the data; a user
         class receives ``n_features``, ``n_outputs`` and, for images,
@@ -700,6 +722,22 @@ _COMMON_DOC = """
         from k random probes (requires gamma=100). Certificates stay exact.
     approx_method : {"axes", "projections"}, default="projections"
         Probes: sampled input axes, or Rademacher projections.
+    sequence_layout : {"ntc", "nct"}, default="ntc"
+        How sequences given as arrays are laid out. ``"ntc"``: a 3-D array is
+        (n_samples, n_timepoints, n_channels), as PyTorch's batch-first recurrent
+        layers read it, and a list holds (T_i, n_channels) arrays. ``"nct"``: a 3-D
+        array is (n_samples, n_channels, n_timepoints), sktime's and aeon's numpy3D,
+        and a list holds (n_channels, T_i) arrays, aeon's format for unequal lengths.
+        A nested DataFrame (sktime's ``nested_univ``: a column per channel, a
+        ``pd.Series`` per cell) carries its own layout and is read the same under
+        both. The default keeps the layout the network itself reads (modules always
+        receive (n_samples, n_timepoints, n_channels)); fit warns with a
+        ``DataDimensionalityWarning`` when an array has fewer time steps than
+        channels as declared, which is how numpy3D data look under ``"ntc"``. The
+        layout concerns the input of each call, not the fitted network: results
+        shaped like X (``explain``, ``stability_bounds``) come back in the layout
+        X was given in, and changing the parameter after fit reads later input
+        differently without refitting. Ignored for tabular and image input.
     input_shape : tuple of int or None, default=None
         Shape of one image when images are passed flattened.
 %(task_parameters)s
@@ -764,7 +802,8 @@ _FITTED_DOC = """
     n_features_in_ : int
         Features (tabular), channels (sequences) or values per image seen in fit.
     feature_names_in_ : ndarray of str
-        Column names, when X was a DataFrame with string column names.
+        Column names, when X was a DataFrame with string column names (for a nested
+        DataFrame of sequences: the channels' names).
     input_kind_ : {"tabular", "sequence", "image"}
         The kind of input fit saw, which later input must match.
     image_shape_ : tuple of int

@@ -77,6 +77,7 @@ from ._evaluation import (
 )
 from ._margins import dual_order
 from ._rounding import FLOAT32_RTOL
+from ._validation import input_ndim
 from .linearize import first_output
 
 __all__ = [
@@ -279,11 +280,34 @@ def directional_margin(
         return fitted.evaluator("float64").directional(d, batch_size, progress)
 
 
+def _sequence_directions(fitted: View, directions: Any) -> np.ndarray:
+    """Directions for sequences: one per sequence, or one for all, as the caller lays out X.
+
+    A single direction is one 2-D array in the layout of a list item (``sequence_layout``),
+    so the estimator's own conversion reads it, as a list of one.
+    """
+    x = fitted.x
+    try:
+        single = input_ndim(directions) == 2
+        d, _ = fitted.inputs([directions] if single else directions)
+    except ValueError as exc:
+        raise ValueError(f"Invalid directions: {exc}") from exc
+    if single and d.shape[1:] == x.shape[1:]:
+        return np.broadcast_to(d[0], x.shape)
+    if d.shape != x.shape:
+        raise ValueError(
+            "directions must be one direction per sequence, shaped like X, or one "
+            f"sequence as long as the longest of X ({x.shape[1]} time steps); got "
+            f"{len(d)} of {d.shape[1]} time steps for {len(x)} sequences."
+        )
+    return d
+
+
 def _directions(fitted: View, directions: Any) -> np.ndarray:
     """Directions in the module's input layout, one per sample, zero at padding."""
     x = fitted.x
-    d = None
-    if not isinstance(directions, (list, tuple)):
+    d = _sequence_directions(fitted, directions) if x.ndim == 3 else None
+    if d is None and not isinstance(directions, (list, tuple)):
         try:
             single = np.asarray(directions, dtype=np.float64)
         except (TypeError, ValueError) as exc:
@@ -362,7 +386,7 @@ def stability_bounds(
 
     Returns
     -------
-    lower, upper : arrays shaped like X (a list of arrays for list input)
+    lower, upper : arrays shaped like X (a list for list input, a nested DataFrame for one)
 
     Examples
     --------
@@ -446,7 +470,7 @@ def explain(
 
     Returns
     -------
-    gradients : array shaped like X (a list of arrays for list input)
+    gradients : array shaped like X (a list for list input, a nested DataFrame for one)
         NaN at padded positions of sequences; with ``features``, an array of shape
         (n_samples, n_columns) that is NaN at the columns held fixed.
 

@@ -348,22 +348,46 @@ BAD_SEQUENCES = [
 ]
 
 
+def _nested(sequences):
+    """sktime's nested_univ DataFrame: a row per sequence, a pd.Series per channel."""
+    cells = np.empty((len(sequences), sequences[0].shape[1]), dtype=object)
+    for (i, c), _ in np.ndenumerate(cells):
+        cells[i, c] = pd.Series(sequences[i][:, c])
+    return pd.DataFrame(cells)
+
+
+# The same sequences in each layout: (sequence_layout, list of (T_i, C) -> X, padded).
+SEQUENCE_LAYOUTS = {
+    "ntc list": ("ntc", list),
+    "nct list": ("nct", lambda seqs: [s.T for s in seqs]),
+    "ntc array": ("ntc", lambda padded: padded),
+    "nct array": ("nct", lambda padded: padded.transpose(0, 2, 1)),
+    "nested DataFrame": ("ntc", _nested),
+}
+
+
+@pytest.mark.parametrize("layout", SEQUENCE_LAYOUTS)
 @pytest.mark.parametrize("case, make, message", BAD_SEQUENCES, ids=[c[0] for c in BAD_SEQUENCES])
-def test_bad_sequences_for_every_method(rnn, case, make, message):
+def test_bad_sequences_for_every_method(rnn, case, make, message, layout):
     est, X, y = rnn
+    sequence_layout, arrange = SEQUENCE_LAYOUTS[layout]
+    est = _continued(est).set_params(sequence_layout=sequence_layout)
     bad = [make(X[0])] + list(X[1:4])
-    padded = case not in ("zero length", "wrong channels")
-    for name in _cells((est, X, y)):
-        if name == "directional_margin":
-            continue
+    if layout.endswith("array"):
+        if case in ("zero length", "wrong channels"):
+            return  # a padded array holds neither
+        padded = np.full((4, 8, 3), np.nan)
+        for i, s in enumerate(bad):
+            padded[i, : len(s)] = s
+        bad = padded
+    names = [name for name in _cells((est, X, y)) if name != "directional_margin"]
+    if layout.startswith("nested") and case == "wrong channels":
+        # Every sequence of a frame has its columns: a new fit is fine, the others refuse it.
+        bad = [s[:, :2] for s in bad]
+        names = [name for name in names if name not in FITTING]
+    for name in names:
         with pytest.raises(ValueError, match=message):
-            _call(name, est, bad, y[:4])
-        if padded:
-            array = np.full((4, 8, 3), np.nan)
-            for i, s in enumerate(bad):
-                array[i, : len(s)] = s
-            with pytest.raises(ValueError, match=message):
-                _call(name, est, array, y[:4])
+            _call(name, est, arrange(bad), y[:4])
 
 
 def test_sequences_in_the_wrong_layout(rnn):
