@@ -48,6 +48,17 @@ def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def proc_status(field: str) -> int | None:
+    """A memory field of this process's /proc/self/status in bytes, or None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def machine() -> dict:
     """The machine and library versions a result was measured with."""
     return {

@@ -34,7 +34,11 @@ WIDTHS = (300,) * 4
 
 
 def _status(field: str) -> int | None:
-    """A memory field of this process's /proc/self/status in bytes, or None off Linux."""
+    """A memory field of this process's /proc/self/status in bytes, or None off Linux.
+
+    _common.proc_status, defined here so that the function dask ships to a worker
+    does not need the benchmarks folder on the worker's path.
+    """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):

@@ -24,22 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import budget, markdown_table, write
+from _common import budget, markdown_table, proc_status, write
 
 SEED = 0
 CALLS = ("certified_margin", "explain")
 MIB = 2**20
-
-
-def _status(field: str) -> int | None:
-    """A memory field of /proc/self/status in bytes, or None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _reset_peak() -> bool:
@@ -66,12 +55,12 @@ def measure(call: str, n: int) -> dict:
     clf.set_params(random_state=SEED).fit(X[:1], y[:1])
     # One small call first, so that lazy allocations of torch are not charged to n.
     getattr(clf, call)(X[:2])
-    before = _status("VmRSS")
+    before = proc_status("VmRSS")
     reset = _reset_peak()
     start = time.perf_counter()
     out = getattr(clf, call)(X)
     seconds = time.perf_counter() - start
-    peak = _status("VmHWM") if reset else None
+    peak = proc_status("VmHWM") if reset else None
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
