@@ -43,7 +43,7 @@ __all__ = ["ROLLClassifier", "ROLLRegressor"]
 _BUILTIN_MODULES = {"mlp": MLP, "rnn": ElmanRNN, "cnn": ResNet}
 
 # Float64 copies of trained networks for predict, by network, with the parameter
-# versions they were copied at.
+# versions and the buffer values (BatchNorm statistics) they were copied at.
 _FLOAT64_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -301,11 +301,19 @@ class _ROLLMixin(SkorchSklearnMixin):
         """
         module = self.module_
         key = tuple((id(p), p._version) for p in module.parameters())
+        # Train-mode BatchNorm updates its running statistics in place without
+        # bumping their versions, so buffers are compared by value.
+        buffers = [b.detach() for b in module.buffers()]
         cached = _FLOAT64_COPIES.get(module)
-        if cached is None or cached[0] != key:
-            cached = (key, float64_copy(module))
+        if (
+            cached is None
+            or cached[0] != key
+            or len(cached[1]) != len(buffers)
+            or not all(torch.equal(a, b) for a, b in zip(cached[1], buffers))
+        ):
+            cached = (key, [b.clone() for b in buffers], float64_copy(module))
             _FLOAT64_COPIES[module] = cached
-        return cached[1]
+        return cached[2]
 
     def __sklearn_roll_network__(self) -> Network:
         """The network and its input conversion, for :mod:`sklearn_roll.regions`.

@@ -104,6 +104,16 @@ def roll_penalty(
     >>> net = MLP(4, 2, hidden_layer_sizes=(8,))
     >>> roll_penalty(net, torch.randn(5, 4), C=1.0).shape
     torch.Size([])
+
+    Notes
+    -----
+    The network is linearized in its current mode: in training mode Dropout is
+    active, and BatchNorm normalises by the mean and variance of the batch, which
+    the penalty takes as constants (detached, as if they were running statistics).
+    Each example's network is then piecewise linear, its units those of the
+    training forward pass, and no gradient of the penalty flows through the batch
+    statistics; the running statistics are not updated by the penalty. Certificates
+    run in eval mode, where BatchNorm is affine, so this choice does not affect them.
     """
     if approx is not None and gamma != 100:
         raise ValueError("approx requires gamma=100: the estimate covers the sum over all units.")
