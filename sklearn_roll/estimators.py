@@ -35,12 +35,12 @@ from ._sklearn_compat import SkorchSklearnMixin
 from ._validation import check_input
 from .linearize import check_supported, float64_copy
 from .loss import APPROX_METHODS, roll_penalty
-from .nn import MLP, ElmanRNN, ResNet
+from .nn import MLP, ConvNet1d, ElmanRNN, ResNet
 from .nn._activation import ACTIVATIONS
 
 __all__ = ["ROLLClassifier", "ROLLRegressor"]
 
-_BUILTIN_MODULES = {"mlp": MLP, "rnn": ElmanRNN, "cnn": ResNet}
+_BUILTIN_MODULES = {"mlp": MLP, "rnn": ElmanRNN, "cnn1d": ConvNet1d, "cnn": ResNet}
 
 # Float64 copies of trained networks for predict, by network, with the parameter
 # versions and the buffer values (BatchNorm statistics) they were copied at.
@@ -481,19 +481,20 @@ class _ROLLMixin(SkorchSklearnMixin):
 _COMMON_DOC = """
     Parameters
     ----------
-    module : {"mlp", "rnn", "cnn"}, nn.Module class or instance, default="mlp"
+    module : {"mlp", "rnn", "cnn1d", "cnn"}, nn.Module class or instance, default="mlp"
         The network: :class:`~sklearn_roll.nn.MLP` for 2-D input,
-        :class:`~sklearn_roll.nn.ElmanRNN` for sequences (a 3-D array with trailing
-        NaN time steps as padding, or a list of 2-D arrays),
-        :class:`~sklearn_roll.nn.ResNet` for images (n, channels, height, width), or
-        your own module. Built-in modules infer their sizes from the data; a user
-        class receives ``n_features``, ``n_outputs`` and, for images,
+        :class:`~sklearn_roll.nn.ElmanRNN` or the 1-D convolutional
+        :class:`~sklearn_roll.nn.ConvNet1d` (FCN; ``module__residual=True`` for the
+        ResNet) for sequences (a 3-D array with trailing NaN time steps as padding,
+        or a list of 2-D arrays), :class:`~sklearn_roll.nn.ResNet` for images (n,
+        channels, height, width), or your own module. Built-in modules infer their
+        sizes from the data; a user class receives ``n_features``, ``n_outputs`` and, for images,
         ``input_shape`` if its ``__init__`` accepts them, plus every ``module__*``
         parameter.
     hidden_layer_sizes : tuple of int or None, default=None
         Layer widths of the built-in module (RNN: stacked hidden sizes; CNN: channels
-        per stage); None takes the module's default: (100, 100) for "mlp", (64,) for
-        "rnn", (16, 32) for "cnn".
+        per stage; 1-D CNN: filters per block); None takes the module's default: (100, 100) for "mlp",
+        (64,) for "rnn", (32, 64, 32) for "cnn1d", (16, 32) for "cnn".
     activation : {"relu", "leaky_relu"}, default="relu"
         Hidden activation of the built-in module.
     negative_slope : float, default=0.01
