@@ -166,3 +166,15 @@ def test_cnn1d_refuses_bad_sequences():
 def test_conv_net_1d_refuses_bad_sizes(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ConvNet1d(2, 3, **kwargs)
+
+
+def test_conv_net_1d_refuses_bad_input():
+    net = ConvNet1d(2, 3, hidden_layer_sizes=(2, 2, 2))
+    with pytest.raises(ValueError, match=r"expects sequences \(n, T, 2\)"):
+        net(torch.zeros(4, 6))
+    with pytest.raises(ValueError, match=r"expects sequences \(n, T, 2\)"):
+        net(torch.zeros(4, 6, 3))
+    x = torch.zeros(4, 6, 2)
+    x[1] = float("nan")
+    with pytest.raises(ValueError, match="no valid"):
+        net(x)

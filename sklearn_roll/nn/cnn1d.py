@@ -249,7 +249,15 @@ class ConvNet1d(nn.Module):
         self.out = nn.Linear(width, n_outputs)
 
     def forward(self, x: Tensor) -> Tensor:
+        channels = self.blocks[0].layers[0].conv.in_channels
+        if x.dim() != 3 or x.shape[2] != channels:
+            raise ValueError(
+                f"ConvNet1d expects sequences (n, T, {channels}) with NaN steps as "
+                f"padding; got shape {tuple(x.shape)}."
+            )
         valid = ~torch.isnan(x).all(dim=2)
+        if not bool(valid.any(dim=1).all()):
+            raise ValueError("ConvNet1d got a sequence with no valid (non-NaN) time step.")
         steps = _Steps(valid)
         h = torch.where(valid[:, :, None], x, 0.0).transpose(1, 2)
         for block in self.blocks:
