@@ -21,8 +21,18 @@ from tqdm import tqdm
 
 from ._chain import linear_chain
 from ._linearization import AxisTangents, Linearization, Magnitudes
-from ._margins import axis_bounds, directional, dual_order, norm_reducer
+from ._margins import Block, axis_bounds, decision_terms, directional, dual_order, norm_reducer
 from ._recording import first_output
+from ._recurrent import (
+    RecurrentAllowance,
+    RecurrentGram,
+    TangentErrors,
+    causal_linearize,
+    directional_linearize,
+    gram_recurrence,
+    is_structured,
+    recurrent_allowance,
+)
 from ._rounding import (
     FLOAT32_RTOL,
     SHRINK64,
@@ -31,6 +41,7 @@ from ._rounding import (
     float32_bounded,
     float64_blocks,
     float64_errors,
+    gamma64,
     sound_min,
     unsure,
 )
@@ -205,7 +216,12 @@ class Evaluator:
     The pre-activations always come from a float64 record. The Jacobians are
     float32 only for the l_p margins and radii of Linear chains on 2-D input under
     ``precision="float32"``, where :class:`~sklearn_roll._rounding.Float32Chain`
-    bounds their rounding; everything else runs in float64.
+    bounds their rounding; everything else runs in float64. The built-in
+    :class:`~sklearn_roll.nn.ElmanRNN` (with its own forward pass) takes the paths
+    of :mod:`sklearn_roll._recurrent`, with their rounding allowance: l2 margins
+    and radii from the Gram recurrence, l1 / l_inf ones (and l2 ones in a subspace
+    of ``features``) and stability bounds from the causal tangents, directional
+    margins from one directional pass.
 
     Parameters
     ----------
@@ -240,6 +256,7 @@ class Evaluator:
         self.exact = float64_copy(module) if exact is None else exact
         self.chain = linear_chain(self.exact) if x.ndim == 2 else None
         self.bounded = float32_bounded(precision, self.chain, module)
+        self.structured = x.ndim == 3 and is_structured(self.exact)
         # The float32 contract (within FLOAT32_RTOL below the float64 value) holds
         # whichever arithmetic serves it.
         self.rtol = FLOAT32_RTOL if precision == "float32" else 0.0
@@ -247,21 +264,15 @@ class Evaluator:
     def record(self, rows: slice) -> Linearization:
         """The float64 record of some rows, refusing values that overflow."""
         exact = record(self.exact, torch.from_numpy(self.x[rows]).double())
-        values = [
-            z if c is None else torch.where(c, z, 0) for z, c in zip(exact.pre, exact.counted)
-        ]
-        if not all(torch.isfinite(v).all() for v in [*values, exact.output]):
-            raise ValueError(
-                "The network's pre-activations or outputs are not finite in float64 "
-                "(overflow) for some samples: its weights or the inputs are too large "
-                "to certify."
-            )
+        _refuse_overflow(exact)
         return exact
 
     def margins(
         self, p: float, requested: int | None, decision: bool, progress: bool = False
     ) -> np.ndarray:
         """l_p margins, or with ``decision`` robust radii, of every sample."""
+        if self.structured:
+            return self._recurrent_margins(p, requested, decision, progress)
         q = dual_order(p)
         bounded = (
             Float32Chain(self.module, self.exact, self.chain, p, self.features)
@@ -280,12 +291,82 @@ class Evaluator:
                 t = tangents(len(xb), rows) if callable(tangents) else tangents
                 lin = linearize(self.exact, xb, t, norm_reducer(p))
                 blocks = float64_blocks(exact, lin, allowance, q, decision)
-            value = sound_min(blocks, len(xb), self.rtol) * SHRINK64
-            if decision:
-                gap, others = blocks[-1].num, blocks[-1].counted
-                value = torch.where(((gap <= 0) & others).any(dim=1), 0.0, value)
-            out[rows] = torch.where(unsure(exact, allowance), 0.0, value).numpy()
+            out[rows] = self._smallest(blocks, exact, allowance.pre, decision)
         return out
+
+    def _smallest(
+        self, blocks: list[Block], exact: Linearization, errors: list[Tensor], decision: bool
+    ) -> np.ndarray:
+        """The certificate of a batch from its ratio blocks: 0 where it is not sure."""
+        value = sound_min(blocks, exact.output.shape[0], self.rtol) * SHRINK64
+        if decision:
+            gap, others = blocks[-1].num, blocks[-1].counted
+            value = torch.where(((gap <= 0) & others).any(dim=1), 0.0, value)
+        return torch.where(unsure(exact, errors), 0.0, value).numpy()
+
+    def _recurrent_margins(
+        self, p: float, requested: int | None, decision: bool, progress: bool
+    ) -> np.ndarray:
+        """:meth:`margins` of the built-in RNN, following its time structure."""
+        q = dual_order(p)
+        gram = q == 2 and self.features is None
+        # Values held per unit: a few for the Gram recurrence; for the causal
+        # tangents, those of every input axis (C per step), as state, spare and block.
+        k = 10 if gram else 4 * self.x.shape[2]
+        out = np.empty(len(self.x))
+        for rows, xb, allowance in self._recurrent_batches(requested, k, progress):
+            if gram:
+                result = gram_recurrence(self.exact, xb, allowance=allowance)
+                blocks = _gram_blocks(result, allowance, decision)
+            else:
+                blocks = self._causal_blocks(xb, allowance, q, decision)
+            out[rows] = self._smallest(blocks, allowance.record, allowance.pre, decision)
+        return out
+
+    def _causal_blocks(
+        self, xb: Tensor, allowance: RecurrentAllowance, q: float, decision: bool
+    ) -> list[Block]:
+        """Ratio blocks of the RNN's full unit gradients, norms raised by their errors."""
+        columns = self.features
+        # The norm's own computation: k magnitudes or squares, their sum, a square root.
+        grow = 1 + gamma64(self._moving() + 2)
+        lin, output_errors = causal_linearize(
+            self.exact, xb, _NormReducer(q, columns, grow), allowance=allowance
+        )
+        record = allowance.record
+        blocks = [
+            Block((z.abs() - ez).clamp(min=0), norm, counted)
+            for z, ez, norm, counted in zip(
+                record.pre, allowance.pre, lin.pre_tangents, record.counted
+            )
+        ]
+        if decision:
+            jacobian = lin.output_tangents
+            if columns is not None:
+                jacobian = jacobian[:, :, columns]
+            gap, norm, y, others = decision_terms(jacobian, record.output, q)
+            pick = y[:, None]
+            errors = output_errors.norms(q, columns)
+            # The rows of the differences err by at most the sum of both rows' errors;
+            # forming a difference rounds once more.
+            slope_error = errors.gather(1, pick) + errors
+            gap_error = allowance.output.gather(1, pick) + allowance.output
+            blocks.append(
+                Block(gap - gap_error, (norm + slope_error) * (1 + gamma64(3)) * grow, others)
+            )
+        return blocks
+
+    def _recurrent_batches(
+        self, requested: int | None, k: int, progress: bool
+    ) -> Iterator[tuple[slice, Tensor, RecurrentAllowance]]:
+        """(rows, float64 points, rounding allowance) batch by batch, without autograd."""
+        size = batch_size(self.exact, self.x, requested, k)
+        with torch.no_grad():
+            for rows in batches(len(self.x), size, progress):
+                xb = torch.from_numpy(self.x[rows]).double()
+                allowance = recurrent_allowance(self.exact, xb)
+                _refuse_overflow(allowance.record)
+                yield rows, xb, allowance
 
     def _moving(self) -> int:
         """How many input coordinates may move."""
@@ -322,6 +403,8 @@ class Evaluator:
         self, directions: np.ndarray, requested: int | None, progress: bool = False
     ) -> np.ndarray:
         """Distance from every sample along its direction (one per sample) to the boundary."""
+        if self.structured:
+            return self._recurrent_directional(directions, requested, progress)
         out = np.empty(len(self.x))
         for rows, xb, exact in self._batches(self.exact, requested, 1, progress):
             d = torch.from_numpy(directions[rows]).double()[None]
@@ -330,7 +413,22 @@ class Evaluator:
             rates = [g[:, :, 0] for g in lin.pre_tangents]
             errors = (allowance.pre, [e[:, :, 0] for e in allowance.pre_tangents])
             value = directional(len(xb), exact.pre, rates, lin.counted, errors) * SHRINK64
-            out[rows] = torch.where(unsure(exact, allowance), 0.0, value).numpy()
+            out[rows] = torch.where(unsure(exact, allowance.pre), 0.0, value).numpy()
+        return out
+
+    def _recurrent_directional(
+        self, directions: np.ndarray, requested: int | None, progress: bool
+    ) -> np.ndarray:
+        """:meth:`directional` of the built-in RNN: one linearized pass per batch."""
+        out = np.empty(len(self.x))
+        for rows, xb, allowance in self._recurrent_batches(requested, 2, progress):
+            d = torch.from_numpy(directions[rows]).double()
+            lin, _ = directional_linearize(self.exact, xb, d, _rates, allowance=allowance)
+            rates = [rate for rate, _ in lin.pre_tangents]
+            errors = (allowance.pre, [error for _, error in lin.pre_tangents])
+            record = allowance.record
+            value = directional(len(xb), record.pre, rates, record.counted, errors) * SHRINK64
+            out[rows] = torch.where(unsure(record, allowance.pre), 0.0, value).numpy()
         return out
 
     def axis_bounds(
@@ -344,6 +442,17 @@ class Evaluator:
         lower = np.full((n, d), np.nan)
         upper = np.full((n, d), np.nan)
         moving = np.arange(d) if self.features is None else self.features.numpy()
+        if self.structured:
+            # The causal tangents as for l1 margins, and per block their entrywise
+            # errors and the crossing distances: three times the values per unit.
+            k = 12 * self.x.shape[2]
+            for rows, xb, allowance in self._recurrent_batches(requested, k, progress):
+                bounds = _AxisBounds(allowance, self.features, len(moving))
+                causal_linearize(self.exact, xb, bounds, allowance=allowance)
+                doubt = unsure(allowance.record, allowance.pre)[:, None]
+                lower[rows, moving] = torch.where(doubt, 0.0, bounds.lower * SHRINK64).numpy()
+                upper[rows, moving] = torch.where(doubt, 0.0, bounds.upper * SHRINK64).numpy()
+            return lower.reshape(self.x.shape), upper.reshape(self.x.shape)
         # The tangents' magnitudes are held beside them: twice the tangents per unit.
         for rows, xb, exact in self._batches(self.exact, requested, 2 * len(moving), progress):
             t = "basis" if self.features is None else self._feature_axes(len(xb))
@@ -352,10 +461,91 @@ class Evaluator:
             errors = (allowance.pre, allowance.pre_tangents)
             shape = (len(xb), len(moving))
             lo, up = axis_bounds(shape, exact.pre, lin.pre_tangents, lin.counted, errors)
-            doubt = unsure(exact, allowance)[:, None]
+            doubt = unsure(exact, allowance.pre)[:, None]
             lower[rows, moving] = torch.where(doubt, 0.0, lo * SHRINK64).numpy()
             upper[rows, moving] = torch.where(doubt, 0.0, up * SHRINK64).numpy()
         return lower.reshape(self.x.shape), upper.reshape(self.x.shape)
+
+
+def _refuse_overflow(exact: Linearization) -> None:
+    """Refuse a record whose counted pre-activations or outputs are not finite."""
+    values = [z if c is None else torch.where(c, z, 0) for z, c in zip(exact.pre, exact.counted)]
+    if not all(torch.isfinite(v).all() for v in [*values, exact.output]):
+        raise ValueError(
+            "The network's pre-activations or outputs are not finite in float64 "
+            "(overflow) for some samples: its weights or the inputs are too large "
+            "to certify."
+        )
+
+
+def _gram_blocks(gram: RecurrentGram, allowance: RecurrentAllowance, decision: bool) -> list[Block]:
+    """Ratio blocks of the RNN's l2 norms from the Gram recurrence, with their errors.
+
+    A norm is ``sqrt(grad_sq + error)``, which the exact norm cannot exceed; forming
+    it rounds twice (the sum, the square root).
+    """
+    grow = 1 + gamma64(4)
+    blocks = [
+        Block((z.abs() - ez).clamp(min=0), (g.clamp(min=0) + e).sqrt() * grow, counted)
+        for z, ez, g, e, counted in zip(
+            gram.pre, allowance.pre, gram.grad_sq, gram.grad_sq_error, gram.counted
+        )
+    ]
+    if decision:
+        output = gram.output
+        rows = torch.arange(output.shape[0])
+        y = output.argmax(dim=1)
+        diagonal = gram.output_gram.diagonal(dim1=1, dim2=2)
+        # ||grad f_y - grad f_k||^2 = G_yy + G_kk - 2 G_yk.
+        square = diagonal[rows, y][:, None] + diagonal - 2 * gram.output_gram[rows, y]
+        norm = (square.clamp(min=0) + gram.output_gap_error[rows, y]).sqrt() * grow
+        gap = output[rows, y][:, None] - output
+        gap_error = allowance.output[rows, y][:, None] + allowance.output
+        others = torch.ones_like(gap, dtype=torch.bool)
+        others[rows, y] = False
+        blocks.append(Block(gap - gap_error, norm, others))
+    return blocks
+
+
+class _NormReducer:
+    """Per block of causal tangents, the q-norms of the rows (over ``columns``) raised
+    by the q-norms of their errors and by ``grow``: upper bounds on the exact norms."""
+
+    def __init__(self, q: float, columns: Tensor | None, grow: float) -> None:
+        self.q, self.columns, self.grow = q, columns, grow
+
+    def __call__(self, index: int, block: Tensor, errors: TangentErrors) -> Tensor:
+        g = block if self.columns is None else block[:, :, self.columns]
+        norm = torch.linalg.vector_norm(g, ord=self.q, dim=2)
+        return (norm + errors.norms(self.q, self.columns)) * self.grow
+
+
+class _AxisBounds:
+    """Stability bounds accumulated over the blocks of a causal sweep (as its reduce)."""
+
+    def __init__(self, allowance: RecurrentAllowance, columns: Tensor | None, d: int) -> None:
+        self.allowance, self.columns = allowance, columns
+        n = allowance.record.output.shape[0]
+        self.lower = torch.full((n, d), -math.inf, dtype=torch.float64)
+        self.upper = torch.full((n, d), math.inf, dtype=torch.float64)
+
+    def __call__(self, index: int, block: Tensor, errors: TangentErrors) -> None:
+        g = block if self.columns is None else block[:, :, self.columns]
+        record = self.allowance.record
+        lo, up = axis_bounds(
+            tuple(self.lower.shape),
+            [record.pre[index]],
+            [g],
+            [record.counted[index]],
+            ([self.allowance.pre[index]], [errors.entries(self.columns)]),
+        )
+        self.lower = torch.maximum(self.lower, lo)
+        self.upper = torch.minimum(self.upper, up)
+
+
+def _rates(index: int, block: Tensor, errors: TangentErrors) -> tuple[Tensor, Tensor]:
+    """A block of directional derivatives (n, u, 1) as rates (n, u) and their errors."""
+    return block[:, :, 0], errors.entries()[:, :, 0]
 
 
 def _input_gradient(module: nn.Module, x: Tensor, picked: np.ndarray | None) -> Tensor:

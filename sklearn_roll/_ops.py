@@ -9,7 +9,11 @@ by its canonical name (``torch.nn.functional.conv2d``, ``Tensor.__add__`` and
 * ``"product"``: bilinear (``mul``, ``matmul``, ``linear``, ``conv*``, ...), so affine
   as long as at most one factor depends on the input;
 * ``"divide"``: affine as long as the divisor does not depend on the input;
-* ``"batch_norm"``: affine in eval mode, refused in training mode;
+* ``"batch_norm"``: affine in eval mode; in training mode the batch mean and
+  variance are taken as constants, so that each example's network is affine again
+  (the rule computes them, detaches them and applies the eval-mode map with them),
+  and refused without running statistics, which would make the certificates
+  (in eval mode) depend on the batch;
 * ``"activation"``: ReLU and LeakyReLU, recorded as units;
 * ``"constant"``: its output carries no continuous dependence on the input (shape
   queries, NaN masks, freshly allocated tensors);
@@ -72,10 +76,10 @@ PRODUCT_REASON = (
     "one factor must not depend on the input"
 )
 DIVISOR_REASON = "it divides by an input-dependent tensor, which is not piecewise linear"
-BN_TRAIN_REASON = (
-    "BatchNorm in training mode normalises by the statistics of the batch, which "
-    "couples the examples and is not piecewise linear; keep the BatchNorm layers "
-    "in eval mode (frozen) or remove them"
+BN_BATCH_REASON = (
+    "BatchNorm without running statistics (track_running_stats=False) normalises by "
+    "the statistics of the batch in eval mode too, which couples the examples; keep "
+    "the running statistics"
 )
 UNKNOWN_REASON = (
     "it is not among the operations sklearn-roll knows to be affine or piecewise "
@@ -111,6 +115,10 @@ class OpRule:
     values : tuple of int or str
         Positions and keyword names of constant values (fill values, padding
         values) whose absolute values the magnitude takes, ints included.
+    rewrite : callable or None
+        ``rewrite(args, kwargs) -> (args, kwargs)``: the call the linearizer makes
+        instead (train-mode BatchNorm with frozen batch statistics); None for the
+        call as it is.
     """
 
     kind: str
@@ -120,10 +128,15 @@ class OpRule:
     rounding: Callable[[tuple, dict, Any], int] | None = None
     magnitude: str = "same"
     values: tuple = ()
+    rewrite: Callable[[tuple, dict], tuple[tuple, dict]] | None = None
 
     def roundings(self, args: tuple, kwargs: dict, out: Any) -> int:
         """The roundings this call adds to each output element."""
         return 0 if self.rounding is None else int(self.rounding(args, kwargs, out))
+
+    def prepared(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The arguments of the call the linearizer makes (see ``rewrite``)."""
+        return (args, kwargs) if self.rewrite is None else self.rewrite(args, kwargs)
 
     def on_magnitudes(self, func: Any, name: str, args: tuple, kwargs: dict, is_dependent):
         """Run the call on magnitudes (the dependent arguments already are).
@@ -180,9 +193,9 @@ class OpRule:
             if isinstance(divisor, Tensor) and is_dependent(divisor):
                 return DIVISOR_REASON
         if self.kind == "batch_norm":
-            training = args[5] if len(args) > 5 else kwargs.get("training", False)
-            if training:
-                return BN_TRAIN_REASON
+            bound = _batch_norm_arguments(args, kwargs)
+            if bound.get("training", False) and bound.get("running_mean") is None:
+                return BN_BATCH_REASON
         return ""
 
 
@@ -205,10 +218,45 @@ def _added(name: str, args: tuple, kwargs: dict) -> Tensor:
     return torch.add(first, second, alpha=alpha)
 
 
+_BATCH_NORM = (
+    "input",
+    "running_mean",
+    "running_var",
+    "weight",
+    "bias",
+    "training",
+    "momentum",
+    "eps",
+)
+
+
+def _batch_norm_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of ``F.batch_norm`` by name."""
+    return {**dict(zip(_BATCH_NORM, args)), **kwargs}
+
+
+def _frozen_batch_statistics(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Train-mode BatchNorm as the affine map of the batch's detached statistics.
+
+    The mean and the biased variance over every dimension but the channels, as
+    ``F.batch_norm`` normalises by in training mode, held constant: the
+    linearization of each example is then that of an affine layer. The running
+    statistics are left alone (the module's own forward pass updates them).
+    """
+    bound = _batch_norm_arguments(args, kwargs)
+    if not bound.get("training", False):
+        return args, kwargs
+    x = bound["input"]
+    dims = [0, *range(2, x.dim())]
+    bound["running_mean"] = x.mean(dim=dims).detach()
+    bound["running_var"] = x.var(dim=dims, unbiased=False).detach()
+    bound["training"] = False
+    return (), bound
+
+
 def _batch_norm_magnitude(args: tuple, kwargs: dict) -> Tensor:
     """``(|x| + |mean|) |w| / sqrt(var + eps) + |b|``: eval-mode BatchNorm on magnitudes."""
-    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum")
-    bound = {**dict(zip(names, args)), **kwargs}
+    bound = _batch_norm_arguments(args, kwargs)
     mean = bound.get("running_mean")
     bound["running_mean"] = None if mean is None else -mean.abs()
     bound["training"] = False
@@ -355,7 +403,12 @@ OPS: dict[str, OpRule] = {
     "einsum": OpRule("product", rounding=_einsum, magnitude="arith"),
     "div": OpRule("divide", divisor=1, rounding=_one, magnitude="arith"),
     "rdiv": OpRule("divide", divisor=0, rounding=_one, magnitude="arith"),
-    "batch_norm": OpRule("batch_norm", rounding=_batch_norm_roundings, magnitude="batch_norm"),
+    "batch_norm": OpRule(
+        "batch_norm",
+        rounding=_batch_norm_roundings,
+        magnitude="batch_norm",
+        rewrite=_frozen_batch_statistics,
+    ),
     "add": OpRule("affine", rounding=_one, magnitude="arith"),
     **_rules("sub rsub", OpRule("affine", rounding=_one, magnitude="add")),
     **_rules("neg negative positive", OpRule("affine", magnitude="pass")),

@@ -52,6 +52,9 @@ class UnsupportedOperationError(ValueError):
     """
 
 
+# The BatchNorm layers (their lazy variants are subclasses).
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 _UNIT_MASK: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar(
     "sklearn_roll_unit_mask", default=None
 )
@@ -175,6 +178,7 @@ class Recorder(TorchFunctionMode):
         self._dependent: dict[int, weakref.ref] = {}
         self._scope: list[tuple[str, nn.Module]] = []
         self._hooks: list[Any] = []
+        self._held: list[tuple[nn.Module, Tensor | None, float | None]] = []
         self._n = inputs.shape[0]
         self._mark(inputs)
 
@@ -182,12 +186,23 @@ class Recorder(TorchFunctionMode):
         for name, sub in self.module.named_modules():
             self._hooks.append(sub.register_forward_pre_hook(self._enter_scope(name, sub)))
             self._hooks.append(sub.register_forward_hook(self._leave_scope))
+            if isinstance(sub, _BATCH_NORMS) and sub.training:
+                # Train-mode BatchNorm counts its batches in place, which a recording
+                # must not do (and forward-mode transforms refuse): the linearization
+                # holds the batch statistics constant and updates nothing. Without a
+                # count its momentum must be a number, which the frozen call ignores.
+                self._held.append((sub, sub.num_batches_tracked, sub.momentum))
+                sub.num_batches_tracked = None
+                sub.momentum = 0.0
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        for sub, count, momentum in self._held:
+            sub.num_batches_tracked, sub.momentum = count, momentum
+        self._held.clear()
         return super().__exit__(*exc)
 
     def _enter_scope(self, name: str, sub: nn.Module):
@@ -230,9 +245,8 @@ class Recorder(TorchFunctionMode):
             return self._activation(func, name, rule.slope, inplace, args, kwargs)
         reason = rule.refusal(args, kwargs, dependent, self.is_dependent)
         if reason:
-            self._refuse(
-                name if rule.kind != "batch_norm" else "batch_norm (training mode)", reason
-            )
+            self._refuse(name, reason)
+        args, kwargs = rule.prepared(args, kwargs)
         out = self._apply(func, name, rule, inplace, args, kwargs, dependent)
         self._mark(out)
         if inplace and args:

@@ -22,27 +22,59 @@ are reported but marked as not counted; ``patterns`` freezes a given activation
 pattern; pre-activations and outputs are the module's own forward values. All run in
 the module's dtype; the Gram recurrence and the directional derivatives are
 differentiable with respect to the parameters, with the slopes as constants.
+
+Rounding. Certificates need every float64 value with a rigorous bound on its
+rounding error (:mod:`sklearn_roll._rounding`). Bounds from the network with
+absolute weights, as the general path takes them, grow like the powers of ``|W|``
+over the steps, which exceed those of ``W`` geometrically: over a hundred steps
+they exceed the values themselves. :func:`recurrent_allowance` propagates the
+roundings through the linearized network itself instead. Each update of a layer's
+state at a step (a *sub-update*) adds a local rounding error ``xi``, bounded from the
+computed values it sums (standard model of floating-point arithmetic, u = 2^-53);
+the error of a later value is ``sum P xi`` over the earlier sub-updates, with ``P``
+the exact linear map from that sub-update's state to the value, so by
+Cauchy-Schwarz it is at most ``sqrt(sum ||P||^2) * sqrt(sum ||xi||^2)``. The first
+factor comes from a second Gram recurrence, of an identity injected after every
+sub-update, and the roundings of both Gram recurrences propagate the same way: a
+local error ``F`` of a Gram update moves a later quadratic form ``p^T G p`` by at most
+``||F||_2`` times its value in that second recurrence. The bounds cost one Gram
+recurrence more and hold whatever the weights, becoming infinite (and the
+certificates 0) only where the network's own gradients grow so fast that rounding
+could swamp them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
+from typing import Any, overload
 
 import torch
 from torch import Tensor, nn
 
-from .linearize import Linearization
+from ._linearization import Linearization
+from ._rounding import gamma64
 from .nn.rnn import ElmanRNN
 
 __all__ = [
+    "RecurrentAllowance",
     "RecurrentGram",
+    "TangentErrors",
     "causal_linearize",
     "directional_linearize",
     "gram_recurrence",
+    "is_structured",
+    "recurrent_allowance",
 ]
 
-Reduce = Callable[[Tensor], Tensor]
+Reduce = Callable[..., Any]
+
+# float64 unit roundoff.
+_U = 2.0**-53
+# The bounds are themselves evaluated in float64, each a few thousand roundings deep
+# at most, so their own relative error is below 1e-12; doubling them covers it.
+_SAFETY = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,15 +98,16 @@ class RecurrentGram:
     grad_sq : list of Tensor of shape (n, H_l)
         ``||g_u||_2^2``, the squared l2 norm of each unit's gradient over the whole
         input, padded steps included (their units are reported, not counted).
-        With ``absolute=True``: ``||a_u||_2^2`` for the gradient ``a_u`` of the
-        network whose matrices and slopes are replaced by their absolute values;
-        ``a_u >= |g_u|`` entrywise, so this bounds ``||g_u||_2^2`` from above.
     output_gram : Tensor of shape (n, K, K)
         ``J J^T`` for the output's input Jacobian ``J`` (n, K, T*C), so that
-        ``||grad f_i - grad f_k||_2^2 = (e_i - e_k)^T G (e_i - e_k)``. With
-        ``absolute=True``: ``A A^T`` for the Jacobian ``A >= |J|`` of the
-        absolute-valued network, an entrywise upper bound on ``|J| |J|^T`` and
-        hence on ``|J J^T|``.
+        ``||grad f_i - grad f_k||_2^2 = (e_i - e_k)^T G (e_i - e_k)``.
+    grad_sq_error : list of Tensor of shape (n, H_l), or None
+        With an allowance: bounds on ``|grad_sq - ||g_u||^2|`` against the exact
+        value at the given point.
+    output_gap_error : Tensor of shape (n, K, K), or None
+        With an allowance: entry ``[i, a, b]`` bounds the rounding error of
+        ``G_aa + G_bb - 2 G_ab`` formed from ``output_gram`` in float64, against
+        the exact ``||grad f_a - grad f_b||_2^2``.
     """
 
     output: Tensor
@@ -83,6 +116,8 @@ class RecurrentGram:
     negative_slopes: list[float]
     grad_sq: list[Tensor]
     output_gram: Tensor
+    grad_sq_error: list[Tensor] | None = None
+    output_gap_error: Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,15 +125,22 @@ class _Unrolled:
     """One forward pass of an ElmanRNN, with what the tangent recurrences need.
 
     ``inputs[l]`` (H_l, H_{l-1}) and ``recurrent[l]`` (H_l, H_l) are the layers'
-    matrices (the Cayley map evaluated once), ``readout`` (K, H_{L-1}) the output
-    layer's; ``slopes`` holds the frozen slope of every unit, block by block like
-    ``pre``; ``valid`` (n, T) marks the steps that are not padding.
+    matrices (the Cayley map evaluated once), ``biases[l]`` their biases (or None),
+    ``readout`` (K, H_{L-1}) and ``readout_bias`` the output layer's; ``sequence`` is
+    the input with padding replaced by zeros and ``states[l]`` (n, T, H_l) the
+    states of layer l after each step; ``slopes`` holds the frozen slope of every
+    unit, block by block like ``pre``; ``valid`` (n, T) marks the steps that are not
+    padding.
     """
 
     valid: Tensor
     inputs: list[Tensor]
     recurrent: list[Tensor]
+    biases: list[Tensor | None]
     readout: Tensor
+    readout_bias: Tensor | None
+    sequence: Tensor
+    states: list[Tensor]
     pre: list[Tensor]
     slopes: list[Tensor]
     negative_slope: float
@@ -109,7 +151,7 @@ class _Unrolled:
         T = self.valid.shape[1]
         return [self.valid[:, i % T, None].expand_as(z) for i, z in enumerate(self.pre)]
 
-    def linearization(self, pre_tangents: list[Tensor], output_tangents: Tensor) -> Linearization:
+    def linearization(self, pre_tangents: list[Any], output_tangents: Any) -> Linearization:
         return Linearization(
             output=self.output,
             pre=self.pre,
@@ -118,6 +160,57 @@ class _Unrolled:
             pre_tangents=pre_tangents,
             output_tangents=output_tangents,
         )
+
+    @property
+    def sub_updates(self) -> tuple[int, int]:
+        """(T, L): steps and layers; sub-update (t, l) is number ``t * L + l`` in order."""
+        return self.valid.shape[1], len(self.recurrent)
+
+    def in_order(self, per_block: list[Tensor]) -> Tensor:
+        """Per-block values of shape (n,) as (n, T * L), in the order of the sub-updates."""
+        T, L = self.sub_updates
+        return torch.stack(per_block, dim=1).reshape(-1, L, T).mT.reshape(-1, T * L)
+
+    def by_block(self, ordered: Tensor) -> list[Tensor]:
+        """The inverse of :meth:`in_order`: a list, block by block, of (n,) tensors."""
+        T, L = self.sub_updates
+        return list(ordered.reshape(-1, T, L).mT.reshape(-1, L * T).unbind(dim=1))
+
+    @property
+    def gain(self) -> float:
+        """A bound on the l2 operator norm of the slope diagonals: max(1, |slope|)."""
+        return max(1.0, abs(self.negative_slope))
+
+
+def is_structured(module: nn.Module) -> bool:
+    """Whether the recurrences here serve ``module``.
+
+    True for an :class:`~sklearn_roll.nn.ElmanRNN` with its own forward pass, a
+    ReLU or LeakyReLU activation and no hooks, whose computation they restate;
+    anything else takes the general path.
+
+    Parameters
+    ----------
+    module : nn.Module
+        Any module.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> from sklearn_roll.nn import MLP, ElmanRNN
+    >>> from sklearn_roll._recurrent import is_structured
+    >>> is_structured(ElmanRNN(3, 2)), is_structured(MLP(3, 2))
+    (True, False)
+    """
+    return (
+        isinstance(module, ElmanRNN)
+        and type(module).forward is ElmanRNN.forward
+        and type(module.act) in (nn.ReLU, nn.LeakyReLU)
+        and not any(sub._forward_hooks or sub._forward_pre_hooks for sub in module.modules())
+    )
 
 
 def _negative_slope(module: ElmanRNN) -> float:
@@ -176,9 +269,11 @@ def _unroll(module: ElmanRNN, x: Tensor, patterns: list[Tensor] | None) -> _Unro
     n, T, _ = x.shape
     valid = ~torch.isnan(x).all(dim=2)
     seq = torch.where(valid[:, :, None], x, 0.0)
+    sequence = seq
     pre: list[Tensor] = []
     slopes: list[Tensor] = []
     recurrent_weights: list[Tensor] = []
+    layer_states: list[Tensor] = []
     for inputs, recurrent in zip(module.inputs, module.recurrent):
         drive = inputs(seq)
         weight = recurrent.weight
@@ -193,11 +288,16 @@ def _unroll(module: ElmanRNN, x: Tensor, patterns: list[Tensor] | None) -> _Unro
             h = torch.where(valid[:, t, None], module.act(z), h)
             states.append(h)
         seq = torch.stack(states, dim=1)
+        layer_states.append(seq)
     return _Unrolled(
         valid=valid,
         inputs=[layer.weight for layer in module.inputs],
         recurrent=recurrent_weights,
+        biases=[layer.bias for layer in module.inputs],
         readout=module.out.weight,
+        readout_bias=module.out.bias,
+        sequence=sequence,
+        states=layer_states,
         pre=pre,
         slopes=slopes,
         negative_slope=negative_slope,
@@ -208,12 +308,330 @@ def _unroll(module: ElmanRNN, x: Tensor, patterns: list[Tensor] | None) -> _Unro
 # ----------------------------------------------------------------- Gram matrices
 
 
+@dataclasses.dataclass(frozen=True)
+class _GramPass:
+    """What one Gram recurrence gives: per block the diagonal of the units' Gram
+    matrix, the last layer's final state Gram, and (when tracked) per block a bound
+    (n,) on the Frobenius norm of its sub-update's local rounding error."""
+
+    diagonals: list[Tensor]
+    final: Tensor
+    local: list[Tensor] | None
+
+
+def _frobenius(gram: list[list[Tensor]]) -> Tensor:
+    """Per sequence, the Frobenius norm of the joint Gram matrix held in blocks."""
+    return (
+        torch.stack([torch.linalg.matrix_norm(block).square() for row in gram for block in row])
+        .sum(dim=0)
+        .sqrt()
+    )
+
+
+def _gram_pass(run: _Unrolled, *, drive: bool, inject: bool, track: bool) -> _GramPass:
+    """The joint Gram recurrence of the stacked states.
+
+    ``drive``: the input enters layer 0 (the Gram matrices of the unit gradients).
+    ``inject``: an identity is added to the joint Gram matrix after every
+    sub-update (the recurrence that carries rounding errors). ``track``: bound each
+    sub-update's rounding, keeping the diagonal blocks that a layer above reads
+    exactly symmetric (the cross blocks are stored as transposes of each other).
+    """
+    V, W = run.inputs, run.recurrent
+    sizes = [w.shape[0] for w in W]
+    n, T = run.valid.shape
+    # gram[i][k]: the Gram block of layer i's and layer k's current states; the
+    # initial states are constant, so the blocks start at zero.
+    gram = [[run.output.new_zeros(n, a, b) for b in sizes] for a in sizes]
+    drive_gram = V[0] @ V[0].T if drive else None
+    diagonals: list[Tensor] = [run.output.new_empty(0)] * len(run.pre)
+    # Frobenius norms of the joint Gram matrix before and of z's Gram in each
+    # sub-update, from which the local rounding bounds follow after the loop.
+    before: list[Tensor] = [run.output.new_empty(0)] * len(run.pre)
+    own: list[Tensor] = [run.output.new_empty(0)] * len(run.pre)
+    after: list[Tensor] = [run.output.new_empty(0)] * len(run.pre)
+    current = run.output.new_zeros(n)
+    # Without autograd the diagonals go into storage allocated up front: small
+    # tensors allocated between a step's large temporaries fragment the heap, which
+    # then grows by about one temporary per step.
+    storage = [run.output.new_empty(T, n, size) for size in sizes]
+    padded = (~run.valid.all(dim=0)).tolist()
+    for t in range(T):
+        keep = run.valid[:, t, None, None] if padded[t] else None
+        for layer in range(len(W)):
+            block = layer * T + t
+            if layer == 0:
+                # x_t has Gram I and no cross terms with the states of step t-1.
+                # bmm of the expanded matrix: a broadcast matmul is slower.
+                recurrent = W[0].expand(n, -1, -1)
+                rows = [torch.bmm(recurrent, g) for g in gram[0]]
+                if drive_gram is None:
+                    z_gram = torch.bmm(rows[0], recurrent.mT)
+                else:
+                    # Fused products: under autograd every temporary fragments the heap.
+                    base = drive_gram if keep is None else torch.where(keep, drive_gram, 0.0)
+                    z_gram = torch.baddbmm(base, rows[0], recurrent.mT)
+            else:
+                inputs = V[layer].expand(n, -1, -1)
+                rows = [
+                    torch.baddbmm(W[layer] @ own_gram, inputs, below)
+                    for below, own_gram in zip(gram[layer - 1], gram[layer])
+                ]
+                z_gram = torch.baddbmm(rows[layer] @ W[layer].T, rows[layer - 1], inputs.mT)
+            diagonal = z_gram.diagonal(dim1=1, dim2=2)
+            if diagonal.requires_grad:
+                # A view would keep all of z_gram alive for the backward pass.
+                diagonals[block] = diagonal.clone()
+            else:
+                diagonals[block] = storage[layer][t].copy_(diagonal)
+            symmetric = track and layer < len(W) - 1
+            _replace_state(gram, layer, rows, z_gram, run.slopes[block], keep, symmetric)
+            if inject:
+                step = run.valid[:, t, None].to(z_gram.dtype)
+                for k in range(len(W)):
+                    gram[k][k] = gram[k][k].clone() if k != layer else gram[k][k]
+                    gram[k][k].diagonal(dim1=1, dim2=2).add_(step)
+            if track:
+                before[block] = current
+                own[block] = torch.linalg.matrix_norm(z_gram)
+                current = _frobenius(gram)
+                after[block] = current
+    local = _local_rounding(run, before, own, after, drive, inject) if track else None
+    return _GramPass(diagonals, gram[-1][-1], local)
+
+
+def _local_rounding(
+    run: _Unrolled,
+    before: list[Tensor],
+    own: list[Tensor],
+    after: list[Tensor],
+    drive: bool,
+    inject: bool,
+) -> list[Tensor]:
+    """Per block, a bound (n,) on the Frobenius norm of its sub-update's rounding error.
+
+    From the Frobenius norms of the joint Gram matrix before the sub-update (the
+    products sum at most m terms of it), of the new block before scaling, and after
+    (the identity's addition). The slopes scale entries by at most ``run.gain``; the
+    constants over-count.
+    """
+    T, _ = run.sub_updates
+    a = run.gain
+    bounds = []
+    for block, (x, z, y) in enumerate(zip(before, own, after)):
+        layer, t = divmod(block, T)
+        W = run.recurrent[layer]
+        inner = torch.linalg.matrix_norm(W).square()
+        m = W.shape[1]
+        drive_norm = 0.0
+        channels = 0
+        if layer > 0:
+            inner = inner + torch.linalg.matrix_norm(run.inputs[layer]).square()
+            m += run.inputs[layer].shape[1]
+        elif drive:
+            channels = run.inputs[0].shape[1]
+            drive_norm = torch.linalg.matrix_norm(run.inputs[0]).square()
+        phi = gamma64(2 * (m + channels + 8)) * (
+            a * a * (6 * inner * x + 2 * z + 6 * drive_norm) + 4 * a * inner.sqrt() * x
+        )
+        if inject:
+            phi = phi + _U * y
+        bounds.append(torch.where(run.valid[:, t], phi, 0.0))
+    return bounds
+
+
+def _replace_state(
+    gram: list[list[Tensor]],
+    layer: int,
+    rows: list[Tensor],
+    z_gram: Tensor,
+    slopes: Tensor,
+    keep: Tensor | None,
+    symmetric: bool,
+) -> None:
+    """Replace the state of ``layer`` by ``D z`` in the joint Gram matrix (not where padded).
+
+    ``rows[k]`` holds the cross Gram block of ``z`` with layer k's current state and
+    ``z_gram`` that of ``z`` with itself; ``keep`` marks the sequences not padded at
+    this step (None: all of them); ``symmetric`` makes the new diagonal block
+    exactly symmetric, which rounding need not leave it.
+    """
+    d = slopes[:, :, None]
+    for k, row in enumerate(rows):
+        if k != layer:
+            new = d * row
+            gram[layer][k] = new if keep is None else torch.where(keep, new, gram[layer][k])
+            gram[k][layer] = gram[layer][k].mT
+    if z_gram.requires_grad:
+        own = d * z_gram * d.mT
+    else:
+        # In place: z_gram is a fresh product, used no more (its diagonal was copied).
+        own = z_gram.mul_(d).mul_(d.mT)
+    if symmetric:
+        own = 0.5 * (own + own.mT)
+    gram[layer][layer] = own if keep is None else torch.where(keep, own, gram[layer][layer])
+
+
+# ------------------------------------------------------------- rounding bounds
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentAllowance:
+    """Rigorous bounds on the float64 rounding of an Elman RNN's forward pass at x.
+
+    Lists hold one entry per block of units (layer ``l`` at step ``t`` is index
+    ``l * T + t``), of shape (n, H_l). All bounds are against the exact values of
+    the network at the given points with the same activation pattern.
+
+    Attributes
+    ----------
+    record : Linearization
+        The forward pass the bounds concern: outputs, pre-activations, counted
+        units (no tangents).
+    pre : list of Tensor
+        Bounds on ``|computed z_u - exact z_u|``; infinite where rounding could
+        swamp the value.
+    output : Tensor of shape (n, K)
+        Bounds on the outputs' rounding.
+    reach : list of Tensor
+        ``sqrt(sum ||P||^2)`` over the sub-updates before each unit, with ``P`` the
+        exact linear map from that sub-update's state to the unit's pre-activation:
+        an error of l2 norm ``e`` added anywhere before moves the unit by at most
+        ``reach * e``.
+    output_reach : Tensor of shape (n, K)
+        The same for the outputs, over all sub-updates.
+    unrolled : object
+        The forward pass itself, which the Gram recurrence and the sweeps reuse.
+    """
+
+    record: Linearization
+    pre: list[Tensor]
+    output: Tensor
+    reach: list[Tensor]
+    output_reach: Tensor
+    unrolled: _Unrolled
+
+
+def _bounded(values: Tensor) -> Tensor:
+    """NaN (inf times 0, inf minus inf) as +inf: a bound that was lost stays infinite."""
+    return torch.nan_to_num(values, nan=math.inf)
+
+
+def recurrent_allowance(
+    module: ElmanRNN, x: Tensor, *, patterns: list[Tensor] | None = None
+) -> RecurrentAllowance:
+    """Bounds on the float64 rounding of the forward pass and on how errors spread.
+
+    Runs the forward pass, a Gram recurrence with an identity injected after every
+    sub-update (its diagonals give ``reach``, see the module docstring), and bounds
+    each sub-update's local rounding from the computed values it sums.
+
+    Parameters
+    ----------
+    module : ElmanRNN
+        The float64 network (its own forward, ReLU or LeakyReLU).
+    x : Tensor of shape (n, T, C), float64
+        Sequences, trailing all-NaN steps padding the shorter ones.
+    patterns : list of Tensor of bool, or None, default=None
+        The activation pattern, one (n, H_l) tensor per block; None takes the
+        module's own.
+
+    Returns
+    -------
+    RecurrentAllowance
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll.nn import ElmanRNN
+    >>> from sklearn_roll._recurrent import recurrent_allowance
+    >>> rnn = ElmanRNN(3, 2, hidden_layer_sizes=(4,)).double()
+    >>> allowance = recurrent_allowance(rnn, torch.randn(5, 6, 3).double())
+    >>> bool((allowance.pre[-1] < 1e-12).all())
+    True
+    """
+    with torch.no_grad():
+        run = _unroll(module, x, patterns)
+        spread = _gram_pass(run, drive=False, inject=True, track=True)
+        # The rounding of the error recurrence itself: with Phi the largest local
+        # error up to a sub-update, the exact Gram matrix is at most the computed one
+        # divided by 1 - Phi (in the order of positive semidefinite matrices).
+        local = run.in_order(spread.local)
+        worst = local.cummax(dim=1).values
+        shrink = run.by_block(torch.where(worst < 1, 1 - worst, 0.0))
+        reach = [
+            _bounded(((q.clamp(min=0) + phi[:, None]) / s[:, None]).sqrt())
+            for q, phi, s in zip(spread.diagonals, spread.local, shrink)
+        ]
+        injected, local_pre = _forward_rounding(run)
+        total = run.in_order(injected).cumsum(dim=1)
+        before = run.by_block((total - run.in_order(injected)).sqrt())
+        pre = [
+            _bounded(_SAFETY * (r * e[:, None] + eta))
+            for r, e, eta in zip(reach, before, local_pre)
+        ]
+        readout = run.readout
+        last = spread.final
+        width = last.shape[1]
+        rows = readout.square().sum(dim=1)
+        diagonal = torch.einsum("kh,nhj,kj->nk", readout, last, readout)
+        gram_rounding = (
+            gamma64(2 * (2 * width + 4)) * rows * torch.linalg.matrix_norm(last)[:, None]
+        )
+        final_shrink = torch.where(worst[:, -1] < 1, 1 - worst[:, -1], 0.0)[:, None]
+        output_reach = _bounded(((diagonal.clamp(min=0) + gram_rounding) / final_shrink).sqrt())
+        state = run.states[-1][:, -1]
+        magnitude = state.abs() @ readout.abs().T
+        if run.readout_bias is not None:
+            magnitude = magnitude + run.readout_bias.abs()
+        output = _bounded(
+            _SAFETY
+            * (output_reach * total[:, -1:].sqrt() + gamma64(2 * (width + 1) + 4) * magnitude)
+        )
+    return RecurrentAllowance(run.linearization(None, None), pre, output, reach, output_reach, run)
+
+
+def _forward_rounding(run: _Unrolled) -> tuple[list[Tensor], list[Tensor]]:
+    """Local rounding of the forward pass, per block: ``||xi||^2`` (n,) and ``|eta|`` (n, H).
+
+    ``eta`` bounds the rounding of ``z = V h_below + b + W h_prev`` from the
+    magnitudes of the computed terms; ``xi`` the error that the sub-update adds to
+    the state, ``D (eta + slope rounding)``.
+    """
+    T, _ = run.sub_updates
+    injected: list[Tensor] = []
+    local: list[Tensor] = []
+    below = run.sequence
+    a = run.gain
+    for layer, (V, W, b) in enumerate(zip(run.inputs, run.recurrent, run.biases)):
+        states = run.states[layer]
+        previous = torch.cat([torch.zeros_like(states[:, :1]), states[:, :-1]], dim=1)
+        magnitude = below.abs() @ V.abs().T + previous.abs() @ W.abs().T
+        if b is not None:
+            magnitude = magnitude + b.abs()
+        g = gamma64(2 * (V.shape[1] + W.shape[1] + 1) + 4)
+        for t in range(T):
+            block = layer * T + t
+            eta = g * magnitude[:, t]
+            # Multiplying by a slope other than 0 or 1 rounds once: u |z| before D.
+            if run.negative_slope not in (0.0, 1.0):
+                off = run.slopes[block] != 1
+                step = eta + _U * run.pre[block].abs() * off
+            else:
+                step = eta
+            xi = a * a * step.square().sum(dim=1)
+            injected.append(torch.where(run.valid[:, t], xi, 0.0))
+            local.append(eta)
+        below = states
+    return injected, local
+
+
 def gram_recurrence(
     module: ElmanRNN,
     x: Tensor,
     *,
     patterns: list[Tensor] | None = None,
-    absolute: bool = False,
+    allowance: RecurrentAllowance | None = None,
 ) -> RecurrentGram:
     """Squared l2 norms of all unit gradients of an Elman RNN, by a Gram recurrence.
 
@@ -238,11 +656,10 @@ def gram_recurrence(
     patterns : list of Tensor of bool, shape (n, H_l), or None, default=None
         The activation pattern to freeze (True: on), one tensor per block in the
         order of ``record``; None takes the module's own pattern on ``x``.
-    absolute : bool, default=False
-        Run the recurrence with the entrywise absolute values of the matrices and
-        slopes: ``grad_sq`` and ``output_gram`` then bound the Gram matrices of the
-        absolute-valued Jacobians from above, entrywise (pre-activations and output
-        are still the module's own).
+    allowance : RecurrentAllowance or None, default=None
+        :func:`recurrent_allowance` of the same float64 module, points and pattern:
+        the forward pass is reused and ``grad_sq_error`` and ``output_gap_error``
+        are filled in (no autograd then).
 
     Returns
     -------
@@ -267,82 +684,136 @@ def gram_recurrence(
     >>> len(gram.grad_sq), gram.grad_sq[0].shape, gram.output_gram.shape
     (6, torch.Size([5, 4]), torch.Size([5, 2, 2]))
     """
-    run = _unroll(module, x, patterns)
-    magnitude: Callable[[Tensor], Tensor] = torch.abs if absolute else _identity
-    V = [magnitude(w) for w in run.inputs]
-    W = [magnitude(w) for w in run.recurrent]
-    sizes = [w.shape[0] for w in W]
-    n, T = run.valid.shape
-    # gram[i][k]: the Gram block of layer i's and layer k's current states; the
-    # initial states are constant, so the blocks start at zero.
-    gram = [[run.output.new_zeros(n, a, b) for b in sizes] for a in sizes]
-    drive_gram = V[0] @ V[0].T
-    grad_sq: list[Tensor] = [run.output.new_empty(0)] * len(run.pre)
-    # Without autograd the diagonals go into storage allocated up front: small
-    # tensors allocated between a step's large temporaries fragment the heap, which
-    # then grows by about one temporary per step.
-    storage = [run.output.new_empty(T, n, size) for size in sizes]
-    for t in range(T):
-        keep = run.valid[:, t, None, None]
-        for layer in range(len(W)):
-            block = layer * T + t
-            if layer == 0:
-                # x_t has Gram I and no cross terms with the states of step t-1.
-                rows = [W[0] @ g for g in gram[0]]
-                # Fused products: under autograd every temporary fragments the heap.
-                drive = torch.where(keep, drive_gram, 0.0)
-                z_gram = torch.baddbmm(drive, rows[0], W[0].T.expand(n, -1, -1))
-            else:
-                inputs = V[layer].expand(n, -1, -1)
-                rows = [
-                    torch.baddbmm(W[layer] @ own, inputs, below)
-                    for below, own in zip(gram[layer - 1], gram[layer])
-                ]
-                z_gram = torch.baddbmm(rows[layer] @ W[layer].T, rows[layer - 1], inputs.mT)
-            diagonal = z_gram.diagonal(dim1=1, dim2=2)
-            if diagonal.requires_grad:
-                # A view would keep all of z_gram alive for the backward pass.
-                grad_sq[block] = diagonal.clone()
-            else:
-                grad_sq[block] = storage[layer][t].copy_(diagonal)
-            _replace_state(gram, layer, rows, z_gram, magnitude(run.slopes[block]), keep)
-    readout = magnitude(run.readout)
+    if allowance is None:
+        run = _unroll(module, x, patterns)
+        passed = _gram_pass(run, drive=True, inject=False, track=False)
+        errors = None
+    else:
+        run = allowance.unrolled
+        with torch.no_grad():
+            passed = _gram_pass(run, drive=True, inject=False, track=True)
+            errors = _gram_errors(run, passed, allowance)
+    readout = run.readout
     return RecurrentGram(
         output=run.output,
         pre=run.pre,
         counted=run.counted,
         negative_slopes=[run.negative_slope] * len(run.pre),
-        grad_sq=grad_sq,
-        output_gram=readout @ gram[-1][-1] @ readout.T,
+        grad_sq=passed.diagonals,
+        output_gram=readout @ passed.final @ readout.T,
+        grad_sq_error=None if errors is None else errors[0],
+        output_gap_error=None if errors is None else errors[1],
     )
 
 
-def _identity(t: Tensor) -> Tensor:
-    return t
+def _gram_errors(
+    run: _Unrolled, passed: _GramPass, allowance: RecurrentAllowance
+) -> tuple[list[Tensor], Tensor]:
+    """Rounding bounds of a tracked Gram pass: per unit, and per pair of outputs.
 
-
-def _replace_state(
-    gram: list[list[Tensor]],
-    layer: int,
-    rows: list[Tensor],
-    z_gram: Tensor,
-    slopes: Tensor,
-    keep: Tensor,
-) -> None:
-    """Replace the state of ``layer`` by ``D z`` in the joint Gram matrix (not where padded).
-
-    ``rows[k]`` holds the cross Gram block of ``z`` with layer k's current state and
-    ``z_gram`` that of ``z`` with itself.
+    A unit's computed diagonal errs by the local error of its own sub-update plus
+    at most ``Phi * reach^2``, ``Phi`` the largest local error before it.
     """
-    d = slopes[:, :, None]
-    for k, row in enumerate(rows):
-        if k != layer:
-            gram[layer][k] = torch.where(keep, d * row, gram[layer][k])
-            gram[k][layer] = gram[layer][k].mT
-    gram[layer][layer] = torch.where(keep, d * z_gram * d.mT, gram[layer][layer])
+    local = run.in_order(passed.local)
+    worst = local.cummax(dim=1).values
+    earlier = run.by_block(torch.cat([torch.zeros_like(worst[:, :1]), worst[:, :-1]], dim=1))
+    grad_sq_error = [
+        _bounded(_SAFETY * (phi[:, None] * r.square() + own[:, None]))
+        for phi, r, own in zip(earlier, allowance.reach, passed.local)
+    ]
+    readout = run.readout
+    width = readout.shape[1]
+    # |R| |G| |R|^T bounds every term the output Gram and the pair forms sum.
+    spread = readout.abs() @ passed.final.abs() @ readout.abs().T
+    diagonal = spread.diagonal(dim1=1, dim2=2)
+    pairs = diagonal[:, :, None] + diagonal[:, None, :] + 2 * spread
+    reach = allowance.output_reach.square()
+    # For a positive semidefinite Q, (e_a - e_b)^T Q (e_a - e_b) <= 2 (Q_aa + Q_bb).
+    spreads = 2 * (reach[:, :, None] + reach[:, None, :])
+    gap_error = _SAFETY * (
+        worst[:, -1, None, None] * spreads + gamma64(2 * (2 * width + 8)) * pairs
+    )
+    return grad_sq_error, _bounded(gap_error)
 
 
 # ------------------------------------------------------------- full gradients
+
+
+@dataclasses.dataclass(frozen=True)
+class TangentErrors:
+    """Entrywise bounds on the float64 rounding of a block of tangents.
+
+    ``|computed[i, u, j] - exact[i, u, j]| <= reach[i, u] * sweep[i, j] + local[i, u]
+    * state[i, j]`` for unit (or output) u and tangent j: the errors carried in
+    from earlier sub-updates, and the block's own rounding.
+
+    Attributes
+    ----------
+    reach, local : Tensor of shape (n, u)
+    sweep, state : Tensor of shape (n, k)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_roll._recurrent import TangentErrors
+    >>> errors = TangentErrors(torch.ones(1, 2), torch.zeros(1, 2), torch.ones(1, 3), torch.ones(1, 3))
+    >>> errors.entries().shape, errors.norms(1).tolist()
+    (torch.Size([1, 2, 3]), [[3.0, 3.0]])
+    """
+
+    reach: Tensor
+    local: Tensor
+    sweep: Tensor
+    state: Tensor
+
+    def _columns(self, columns: Tensor | None) -> tuple[Tensor, Tensor]:
+        if columns is None:
+            return self.sweep, self.state
+        return self.sweep[:, columns], self.state[:, columns]
+
+    def entries(self, columns: Tensor | None = None) -> Tensor:
+        """The entrywise bounds (n, u, k), or only at the given tangents."""
+        sweep, state = self._columns(columns)
+        return (
+            self.reach[:, :, None] * sweep[:, None, :] + self.local[:, :, None] * state[:, None, :]
+        )
+
+    def norms(self, q: float, columns: Tensor | None = None) -> Tensor:
+        """Bounds (n, u) on the q-norm of each row's errors (over the given tangents)."""
+        sweep, state = self._columns(columns)
+
+        def size(v: Tensor) -> Tensor:
+            return torch.linalg.vector_norm(v, ord=q, dim=1)[:, None]
+
+        return self.reach * size(sweep) + self.local * size(state)
+
+
+def _inner_norms(weights: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Row norms and Frobenius norm of the horizontal concatenation of matrices."""
+    rows = torch.stack([w.square().sum(dim=1) for w in weights]).sum(dim=0)
+    return rows.sqrt(), rows.sum().sqrt()
+
+
+@overload
+def causal_linearize(
+    module: ElmanRNN,
+    x: Tensor,
+    reduce: Reduce | None = None,
+    *,
+    patterns: list[Tensor] | None = None,
+    allowance: None = None,
+) -> Linearization: ...
+
+
+@overload
+def causal_linearize(
+    module: ElmanRNN,
+    x: Tensor,
+    reduce: Reduce,
+    *,
+    patterns: list[Tensor] | None = None,
+    allowance: RecurrentAllowance,
+) -> tuple[Linearization, TangentErrors]: ...
 
 
 def causal_linearize(
@@ -351,7 +822,8 @@ def causal_linearize(
     reduce: Reduce | None = None,
     *,
     patterns: list[Tensor] | None = None,
-) -> Linearization:
+    allowance: RecurrentAllowance | None = None,
+) -> Linearization | tuple[Linearization, TangentErrors]:
     """Every unit's full input gradient of an Elman RNN, following causality.
 
     Gives what ``linearize(module, x, "basis", reduce, patterns=patterns)`` gives,
@@ -378,6 +850,10 @@ def causal_linearize(
     patterns : list of Tensor of bool, shape (n, H_l), or None, default=None
         The activation pattern to freeze, one tensor per block; None takes the
         module's own.
+    allowance : RecurrentAllowance or None, default=None
+        :func:`recurrent_allowance` of the same float64 module, points and pattern.
+        Then ``reduce`` (required) is called as ``reduce(index, block, errors)``,
+        with the block's position in ``pre`` and its :class:`TangentErrors`.
 
     Returns
     -------
@@ -386,6 +862,8 @@ def causal_linearize(
         ``[i, j, s * C + c]`` is the derivative of unit j of layer l at step t with
         respect to ``x[i, s, c]``, zero for ``s > t`` and at padded coordinates.
         ``output_tangents`` is the output's Jacobian (n, K, T*C), never reduced.
+    output_errors : TangentErrors
+        With an allowance only: the bounds of ``output_tangents``.
 
     Examples
     --------
@@ -396,10 +874,13 @@ def causal_linearize(
     >>> lin.pre_tangents[0].shape, lin.output_tangents.shape
     (torch.Size([5, 4, 18]), torch.Size([5, 2, 18]))
     """
+    if allowance is not None and reduce is None:
+        raise ValueError("causal_linearize with an allowance needs reduce(index, block, errors).")
     with torch.no_grad():
-        run = _unroll(module, x, patterns)
+        run = _unroll(module, x, patterns) if allowance is None else allowance.unrolled
         n, T, C = x.shape
-        blocks: list[Tensor] = [run.output.new_empty(0)] * len(run.pre)
+        L = len(run.recurrent)
+        blocks: list[Any] = [None] * len(run.pre)
         # Per layer, the tangents of its state and of its pre-activations, in the
         # layout (n, units, T*C) of the blocks, so that a block is handed to
         # ``reduce`` as it lies (norms of strided views are several times slower).
@@ -408,6 +889,7 @@ def causal_linearize(
         # page, more than the products themselves.
         states = [run.output.new_zeros(n, w.shape[0], T * C) for w in run.recurrent]
         spare = [torch.zeros_like(s) for s in states]
+        sweep = _Sweep(run, C, allowance) if allowance is not None else None
         # Masks only at steps where some sequence is padded: a pass over the state less.
         full = run.valid.all(dim=0).tolist()
         for t in range(T):
@@ -422,23 +904,128 @@ def causal_linearize(
                 else:
                     torch.matmul(V, states[layer - 1][:, :, :new], out=z[:, :, :new])
                     z[:, :, :old].baddbmm_(W.expand(n, -1, -1), states[layer][:, :, :old])
-                blocks[layer * T + t] = z.clone() if reduce is None else reduce(z)
+                block = layer * T + t
+                if sweep is not None:
+                    blocks[block] = reduce(block, z, sweep.errors(block, layer))
+                else:
+                    blocks[block] = z.clone() if reduce is None else reduce(z)
                 # The new state, D z (the old one at a padded step), replaces z in its
                 # buffer, and the old state's buffer takes the next step's z.
-                live = z[:, :, :new].mul_(run.slopes[layer * T + t][:, :, None])
+                live = z[:, :, :new].mul_(run.slopes[block][:, :, None])
                 if not full[t]:
                     torch.where(keep, live, states[layer][:, :, :new], out=live)
                 states[layer], spare[layer] = z, states[layer]
-        return run.linearization(blocks, run.readout @ states[-1])
+                if sweep is not None:
+                    sweep.advance(layer, t, states[layer][:, :, :new])
+        lin = run.linearization(blocks, run.readout @ states[-1])
+        return lin if sweep is None else (lin, sweep.output_errors(L))
+
+
+class _Sweep:
+    """The rounding bounds of a causal sweep, carried along it (see the module docstring).
+
+    Per tangent: ``sweep`` the l2 norm of the errors injected so far, ``columns[l]``
+    the squared norms of layer l's state tangents.
+    """
+
+    def __init__(self, run: _Unrolled, channels: int, allowance: RecurrentAllowance) -> None:
+        n, T = run.valid.shape
+        self.run = run
+        self.channels = channels
+        self.allowance = allowance
+        self.injected = run.output.new_zeros(n, T * channels)
+        self.columns = [run.output.new_zeros(n, T * channels) for _ in run.recurrent]
+        # Layer 0 reads its own state only (the input axes enter exactly, as copies);
+        # layer l > 0 reads layer l - 1's state and its own.
+        self.norms = [
+            _inner_norms([run.recurrent[0]]),
+            *(_inner_norms([V, W]) for V, W in zip(run.inputs[1:], run.recurrent[1:])),
+        ]
+        sizes = [w.shape[0] for w in run.recurrent]
+        self.gammas = [gamma64(2 * (sizes[0] + 4))] + [
+            gamma64(2 * (sizes[k - 1] + sizes[k] + 5)) for k in range(1, len(sizes))
+        ]
+        # Multiplying the entering columns of V by a slope other than 0 or 1 rounds.
+        self.entering = torch.linalg.vector_norm(run.inputs[0], dim=0)
+        self.state = self.columns[0]
+
+    def errors(self, block: int, layer: int) -> TangentErrors:
+        """The bounds of a block, before its sub-update adds its own rounding.
+
+        Keeps the norms of the state tangents the block was computed from, which
+        :meth:`advance` needs.
+        """
+        if layer == 0:
+            state = self.columns[0]
+        else:
+            state = self.columns[layer - 1] + self.columns[layer]
+        self.state = state.sqrt()
+        rows, _ = self.norms[layer]
+        return TangentErrors(
+            reach=_SAFETY * self.allowance.reach[block],
+            local=_SAFETY * self.gammas[layer] * rows.expand_as(self.allowance.reach[block]),
+            sweep=self.injected.sqrt(),
+            state=self.state,
+        )
+
+    def advance(self, layer: int, t: int, state: Tensor) -> None:
+        """Add the sub-update's rounding and take the new state's column norms."""
+        run, C = self.run, self.channels
+        _, frobenius = self.norms[layer]
+        new = (t + 1) * C
+        size = 2 * frobenius * self.state[:, :new]
+        if layer == 0:
+            size[:, t * C : new] = size[:, t * C : new] + self.entering
+        xi = (run.gain * self.gammas[layer] * size).square()
+        self.injected[:, :new] += torch.where(run.valid[:, t, None], xi, 0.0)
+        self.columns[layer][:, :new] = torch.linalg.vector_norm(state, dim=1).square()
+
+    def output_errors(self, layers: int) -> TangentErrors:
+        """The bounds of the output's Jacobian ``R h`` after the last step."""
+        readout = self.run.readout
+        rows = torch.linalg.vector_norm(readout, dim=1)
+        g = gamma64(2 * (readout.shape[1] + 4))
+        return TangentErrors(
+            reach=_SAFETY * self.allowance.output_reach,
+            local=_SAFETY * g * rows.expand_as(self.allowance.output_reach),
+            sweep=self.injected.sqrt(),
+            state=self.columns[layers - 1].sqrt(),
+        )
+
+
+@overload
+def directional_linearize(
+    module: ElmanRNN,
+    x: Tensor,
+    direction: Tensor,
+    reduce: None = None,
+    *,
+    patterns: list[Tensor] | None = None,
+    allowance: None = None,
+) -> Linearization: ...
+
+
+@overload
+def directional_linearize(
+    module: ElmanRNN,
+    x: Tensor,
+    direction: Tensor,
+    reduce: Reduce,
+    *,
+    patterns: list[Tensor] | None = None,
+    allowance: RecurrentAllowance,
+) -> tuple[Linearization, TangentErrors]: ...
 
 
 def directional_linearize(
     module: ElmanRNN,
     x: Tensor,
     direction: Tensor,
+    reduce: Reduce | None = None,
     *,
     patterns: list[Tensor] | None = None,
-) -> Linearization:
+    allowance: RecurrentAllowance | None = None,
+) -> Linearization | tuple[Linearization, TangentErrors]:
     """Every unit's derivative along one input direction per sequence.
 
     Gives what ``linearize(module, x, direction[None], patterns=patterns)`` gives,
@@ -453,15 +1040,25 @@ def directional_linearize(
     direction : Tensor of shape (n, T, C)
         One direction per sequence; its entries at padded steps are ignored (they
         may be NaN).
+    reduce : callable or None, default=None
+        With an allowance (only then), called as ``reduce(index, block, errors)`` on
+        every block of derivatives (n, H_l, 1), with its position in ``pre`` and its
+        :class:`TangentErrors`; the results take the blocks' places.
     patterns : list of Tensor of bool, shape (n, H_l), or None, default=None
         The activation pattern to freeze, one tensor per block; None takes the
         module's own.
+    allowance : RecurrentAllowance or None, default=None
+        :func:`recurrent_allowance` of the same float64 module, points and pattern
+        (no autograd then).
 
     Returns
     -------
     Linearization
-        ``pre_tangents[l * T + t]`` of shape (n, H_l, 1) holds ``g_u . direction``;
-        ``output_tangents`` (n, K, 1) the output's derivative.
+        ``pre_tangents[l * T + t]`` of shape (n, H_l, 1) holds ``g_u . direction``
+        (or ``reduce`` of it); ``output_tangents`` (n, K, 1) the output's
+        derivative.
+    output_errors : TangentErrors
+        With an allowance only: the bounds of ``output_tangents``.
 
     Examples
     --------
@@ -476,18 +1073,63 @@ def directional_linearize(
         raise ValueError(
             f"direction must have the shape of x, {tuple(x.shape)}, got {tuple(direction.shape)}."
         )
-    run = _unroll(module, x, patterns)
-    n, T, _ = x.shape
-    blocks: list[Tensor] = [run.output.new_empty(0)] * len(run.pre)
+    if (allowance is None) != (reduce is None):
+        raise ValueError(
+            "directional_linearize takes reduce(index, block, errors) with an allowance."
+        )
+    if allowance is None:
+        return _directional(_unroll(module, x, patterns), direction, None)
+    with torch.no_grad():
+        return _directional(allowance.unrolled, direction, (reduce, allowance))
+
+
+def _directional(
+    run: _Unrolled, direction: Tensor, bounds: tuple[Reduce, RecurrentAllowance] | None
+) -> Linearization | tuple[Linearization, TangentErrors]:
+    n, T = run.valid.shape
+    blocks: list[Any] = [None] * len(run.pre)
     seq = torch.where(run.valid[:, :, None], direction, 0.0)
+    # The error injected so far (its l2 norm squared), in the order of this pass:
+    # layer by layer, a superset of the sub-updates that reach each unit.
+    injected = run.output.new_zeros(n)
     for layer, (V, W) in enumerate(zip(run.inputs, run.recurrent)):
         drive = seq @ V.T
         h = drive.new_zeros(n, W.shape[0])
+        if bounds is not None:
+            rows, frobenius = _inner_norms([V, W])
+            g = gamma64(2 * (V.shape[1] + W.shape[1] + 5))
+            entering = seq.square().sum(dim=2)
         states = []
         for t in range(T):
             z = drive[:, t] + h @ W.T
-            blocks[layer * T + t] = z[:, :, None]
+            block = layer * T + t
+            if bounds is None:
+                blocks[block] = z[:, :, None]
+            else:
+                reduce, allowance = bounds
+                size = (entering[:, t] + h.square().sum(dim=1)).sqrt()
+                errors = TangentErrors(
+                    reach=_SAFETY * allowance.reach[block],
+                    local=_SAFETY * g * rows.expand_as(z),
+                    sweep=injected.sqrt()[:, None],
+                    state=size[:, None],
+                )
+                blocks[block] = reduce(block, z[:, :, None], errors)
+                xi = (run.gain * g * 2 * frobenius * size).square()
+                injected = injected + torch.where(run.valid[:, t], xi, 0.0)
             h = torch.where(run.valid[:, t, None], run.slopes[layer * T + t] * z, h)
             states.append(h)
         seq = torch.stack(states, dim=1)
-    return run.linearization(blocks, (h @ run.readout.T)[:, :, None])
+    lin = run.linearization(blocks, (h @ run.readout.T)[:, :, None])
+    if bounds is None:
+        return lin
+    _, allowance = bounds
+    readout = run.readout
+    g = gamma64(2 * (readout.shape[1] + 4))
+    rows = torch.linalg.vector_norm(readout, dim=1)
+    return lin, TangentErrors(
+        reach=_SAFETY * allowance.output_reach,
+        local=_SAFETY * g * rows.expand_as(allowance.output_reach),
+        sweep=injected.sqrt()[:, None],
+        state=torch.linalg.vector_norm(h, dim=1)[:, None],
+    )

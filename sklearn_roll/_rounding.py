@@ -159,10 +159,13 @@ def float64_errors(
     )
 
 
-def unsure(exact: Linearization, errors: Magnitudes) -> Tensor:
-    """Per sample, whether some counted unit's sign is within its rounding error of zero."""
+def unsure(exact: Linearization, errors: list[Tensor]) -> Tensor:
+    """Per sample, whether some counted unit's sign is within its rounding error of zero.
+
+    ``errors`` bound the rounding of ``exact.pre``, block by block.
+    """
     flags = torch.zeros(exact.output.shape[0], dtype=torch.bool)
-    for z, error, counted in zip(exact.pre, errors.pre, exact.counted):
+    for z, error, counted in zip(exact.pre, errors, exact.counted):
         doubt = (z.abs() <= error) & (error > 0)
         if counted is not None:
             doubt &= counted

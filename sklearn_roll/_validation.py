@@ -39,7 +39,7 @@ from sklearn.utils.validation import validate_data
 
 Restore = Callable[[np.ndarray], Any]
 
-_SEQUENCE_MODULES = {"rnn"}
+_SEQUENCE_MODULES = {"rnn", "cnn1d"}
 _IMAGE_MODULES = {"cnn"}
 
 # sequence_layout -> how it reads a 3-D array, and one item of a list.

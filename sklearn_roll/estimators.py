@@ -46,15 +46,15 @@ from ._validation import check_input
 from ._weights import check_sample_weight, normalized, per_sample_class_weight, standardization
 from .linearize import check_supported, float64_copy
 from .loss import APPROX_METHODS, roll_penalty
-from .nn import MLP, ElmanRNN, ResNet
+from .nn import MLP, ConvNet1d, ElmanRNN, ResNet
 from .nn._activation import ACTIVATIONS
 
 __all__ = ["ROLLClassifier", "ROLLRegressor"]
 
-_BUILTIN_MODULES = {"mlp": MLP, "rnn": ElmanRNN, "cnn": ResNet}
+_BUILTIN_MODULES = {"mlp": MLP, "rnn": ElmanRNN, "cnn1d": ConvNet1d, "cnn": ResNet}
 
 # Float64 copies of trained networks for predict, by network, with the parameter
-# versions they were copied at.
+# versions and the buffer values (BatchNorm statistics) they were copied at.
 _FLOAT64_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -483,11 +483,19 @@ class _ROLLMixin(SkorchSklearnMixin):
         """
         module = self.module_
         key = tuple((id(p), p._version) for p in module.parameters())
+        # Train-mode BatchNorm updates its running statistics in place without
+        # bumping their versions, so buffers are compared by value.
+        buffers = [b.detach() for b in module.buffers()]
         cached = _FLOAT64_COPIES.get(module)
-        if cached is None or cached[0] != key:
-            cached = (key, float64_copy(module))
+        if (
+            cached is None
+            or cached[0] != key
+            or len(cached[1]) != len(buffers)
+            or not all(torch.equal(a, b) for a, b in zip(cached[1], buffers))
+        ):
+            cached = (key, [b.clone() for b in buffers], float64_copy(module))
             _FLOAT64_COPIES[module] = cached
-        return cached[1]
+        return cached[2]
 
     def __sklearn_roll_network__(self) -> Network:
         """The network and its input conversion, for :mod:`sklearn_roll.regions`.
@@ -687,11 +695,12 @@ class _ROLLMixin(SkorchSklearnMixin):
 _COMMON_DOC = """
     Parameters
     ----------
-    module : {"mlp", "rnn", "cnn"}, nn.Module class or instance, default="mlp"
+    module : {"mlp", "rnn", "cnn1d", "cnn"}, nn.Module class or instance, default="mlp"
         The network: :class:`~sklearn_roll.nn.MLP` for 2-D input,
-        :class:`~sklearn_roll.nn.ElmanRNN` for sequences (a 3-D array with trailing
-        NaN time steps as padding, a list of 2-D arrays, or sktime's nested
-        DataFrame; see ``sequence_layout``),
+        :class:`~sklearn_roll.nn.ElmanRNN` or the 1-D convolutional
+        :class:`~sklearn_roll.nn.ConvNet1d` (FCN; ``module__residual=True`` for the
+        ResNet) for sequences (a 3-D array with trailing NaN time steps as padding,
+        a list of 2-D arrays, or sktime's nested DataFrame; see ``sequence_layout``),
         :class:`~sklearn_roll.nn.ResNet` for images (n, channels, height, width), or
         your own module. Built-in modules infer their sizes from the data; a user
         class receives ``n_features``, ``n_outputs`` and, for images,
@@ -702,8 +711,9 @@ _COMMON_DOC = """
         grid searches like classes.
     hidden_layer_sizes : int, tuple of int or None, default=None
         Layer widths of the built-in module (RNN: stacked hidden sizes; CNN: channels
-        per stage), an int for a single layer; None takes the module's default:
-        (100, 100) for "mlp", (64,) for "rnn", (16, 32) for "cnn".
+        per stage; 1-D CNN: filters per block), an int for a single layer; None takes
+        the module's default: (100, 100) for "mlp", (64,) for "rnn", (32, 64, 32) for
+        "cnn1d", (16, 32) for "cnn".
     activation : {"relu", "leaky_relu"}, default="relu"
         Hidden activation of the built-in module.
     negative_slope : float, default=0.01

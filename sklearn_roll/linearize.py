@@ -181,9 +181,10 @@ def check_supported(module: nn.Module, x: Tensor) -> None:
     """Raise :class:`UnsupportedOperationError` if ``module`` cannot be certified.
 
     Runs the module once on ``x`` under the recording mode, which refuses max
-    pooling, smooth activations, normalisation by input statistics, train-mode
-    BatchNorm, products of input-dependent tensors and unknown operations, naming
-    the layer.
+    pooling, smooth activations, normalisation by input statistics, BatchNorm
+    without running statistics, products of input-dependent tensors and unknown
+    operations, naming the layer. Train-mode BatchNorm passes: its batch
+    statistics are held constant (see :func:`sklearn_roll.loss.roll_penalty`).
 
     Parameters
     ----------

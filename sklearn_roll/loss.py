@@ -7,7 +7,9 @@ Per example x and counted hidden unit u the relaxed per-unit loss is::
 and the penalty is the mean over examples (weighted by ``sample_weight`` if given) of
 the mean of t_u over the top gamma percent of units (gamma = 100: all units). The unit gradients come from the
 linearized forward of :mod:`sklearn_roll.linearize`, differentiable with respect to
-the parameters.
+the parameters; for the built-in :class:`~sklearn_roll.nn.ElmanRNN` the squared
+norms come from its Gram recurrence instead, whose cost grows linearly with the
+sequence length and does not depend on the channel count.
 
 For gamma = 100 the gradient term is ``||J||_F^2`` summed over units, which
 ``approx=k`` estimates without bias from k probes: k input axes sampled uniformly
@@ -28,6 +30,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._recurrent import gram_recurrence, is_structured
 from .linearize import AxisTangents, linear_chain, linearize
 
 __all__ = ["APPROX_METHODS", "roll_penalty"]
@@ -111,6 +114,16 @@ def roll_penalty(
     >>> net = MLP(4, 2, hidden_layer_sizes=(8,))
     >>> roll_penalty(net, torch.randn(5, 4), C=1.0).shape
     torch.Size([])
+
+    Notes
+    -----
+    The network is linearized in its current mode: in training mode Dropout is
+    active, and BatchNorm normalises by the mean and variance of the batch, which
+    the penalty takes as constants (detached, as if they were running statistics).
+    Each example's network is then piecewise linear, its units those of the
+    training forward pass, and no gradient of the penalty flows through the batch
+    statistics; the running statistics are not updated by the penalty. Certificates
+    run in eval mode, where BatchNorm is affine, so this choice does not affect them.
     """
     if approx is not None and gamma != 100:
         raise ValueError("approx requires gamma=100: the estimate covers the sum over all units.")
@@ -119,36 +132,38 @@ def roll_penalty(
         shallow = _shallow_chain_penalty(module, x, C, sample_weight)
         if shallow is not None:
             return shallow
-    if approx is None:
-        lin = linearize(module, x, "l2")
-        scale = None
+    scale = None
+    if approx is None and x.dim() == 3 and is_structured(module):
+        gram = gram_recurrence(module, x)
+        pre, counted, grad_sq = gram.pre, gram.counted, gram.grad_sq
     else:
-        tangents, scale = _probes(x, int(approx), approx_method)
-        lin = linearize(module, x, tangents)
-    grad_sq = [(g**2).sum(dim=2) for g in lin.pre_tangents]
-    hinge = [torch.relu(1 - z.abs()) for z in lin.pre]
+        if approx is None:
+            lin = linearize(module, x, "l2")
+        else:
+            tangents, scale = _probes(x, int(approx), approx_method)
+            lin = linearize(module, x, tangents)
+        pre, counted = lin.pre, lin.counted
+        grad_sq = [(g**2).sum(dim=2) for g in lin.pre_tangents]
+    hinge = [torch.relu(1 - z.abs()) for z in pre]
     if not grad_sq:
         return x.new_zeros(())
     counts = torch.stack(
-        [_sum_counted(torch.ones_like(z), lin.counted[i]) for i, z in enumerate(lin.pre)]
+        [_sum_counted(torch.ones_like(z), counted[i]) for i, z in enumerate(pre)]
     ).sum(dim=0)
     if approx is not None or gamma == 100:
-        grad_total = torch.stack(
-            [_sum_counted(g, lin.counted[i]) for i, g in enumerate(grad_sq)]
-        ).sum(dim=0)
+        grad_total = torch.stack([_sum_counted(g, counted[i]) for i, g in enumerate(grad_sq)]).sum(
+            dim=0
+        )
         if scale is not None:
             grad_total = grad_total * scale
-        hinge_total = torch.stack(
-            [_sum_counted(h, lin.counted[i]) for i, h in enumerate(hinge)]
-        ).sum(dim=0)
+        hinge_total = torch.stack([_sum_counted(h, counted[i]) for i, h in enumerate(hinge)]).sum(
+            dim=0
+        )
         per_example = (grad_total + C * hinge_total) / counts.clamp(min=1)
         return _mean(per_example, sample_weight)
     t = torch.cat([g + C * h for g, h in zip(grad_sq, hinge)], dim=1)
     valid = torch.cat(
-        [
-            torch.ones_like(z, dtype=torch.bool) if c is None else c
-            for z, c in zip(lin.pre, lin.counted)
-        ],
+        [torch.ones_like(z, dtype=torch.bool) if c is None else c for z, c in zip(pre, counted)],
         dim=1,
     )
     t = t.masked_fill(~valid, -math.inf)

@@ -41,10 +41,10 @@ Loading
 -------
 Nothing in the file is executed: the description is parsed as JSON, the tensors are
 read by safetensors, and the estimator is rebuilt from its class, its parameters and
-its fitted attributes (the built-in modules ``"mlp"``, ``"rnn"`` and ``"cnn"`` from
-those alone), initialized without data, then given the stored tensors after strict
-checks of their names, shapes and dtypes against the description and the rebuilt
-module. A class named in the description is used only if it is allowed:
+its fitted attributes (the built-in modules ``"mlp"``, ``"rnn"``, ``"cnn1d"`` and
+``"cnn"`` from those alone), initialized without data, then given the stored tensors
+after strict checks of their names, shapes and dtypes against the description and
+the rebuilt module. A class named in the description is used only if it is allowed:
 
 * torch's optimizers (``torch.optim``) as ``optimizer``, torch's losses
   (``torch.nn.modules.loss``) as ``criterion``, torch's ``DataLoader`` as

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sklearn_roll.nn import ElmanRNN
+
 ACTIVATION_TYPES = (nn.ReLU, nn.LeakyReLU)
 
 # Points "inside" a certified ball sit at this fraction of its radius.
@@ -206,18 +208,22 @@ def exact_linearization(module: nn.Module, x, tangents):
     """Pre-activations, outputs and their derivatives in exact rational arithmetic.
 
     The network's weights are taken as the exact values of their float64 copies, the
-    point ``x`` (one sample, 1-D) and the ``tangents`` (a list of 1-D arrays) as exact
-    rationals, and every activation follows the exact sign of its input. For
-    ``nn.Sequential`` chains of Linear / ReLU / LeakyReLU and the modules of
-    ``tests/modules.py``.
+    point ``x`` (one sample) and the ``tangents`` (a list of flat arrays, one entry
+    per coordinate of ``x``) as exact rationals, and every activation follows the
+    exact sign of its input. For ``nn.Sequential`` chains of Linear / ReLU /
+    LeakyReLU, the modules of ``tests/modules.py`` and ``ElmanRNN`` (x of shape
+    (T, C), trailing all-NaN steps as padding; the recurrent matrix of an orthogonal
+    recurrence is its Cayley map as the float64 copy computes it).
 
     Returns
     -------
     pre : list of (Fraction, list of Fraction)
-        Every unit's value and derivatives, in recording order.
+        Every counted unit's value and derivatives, in recording order.
     out : list of (Fraction, list of Fraction)
         The outputs.
     """
+    if isinstance(module, ElmanRNN):
+        return _exact_rnn(copy.deepcopy(module).double(), np.asarray(x), tangents)
     h = [
         (Fraction(float(v)), [Fraction(float(t[i])) for t in tangents])
         for i, v in enumerate(np.asarray(x).ravel())
@@ -247,3 +253,34 @@ def exact_linearization(module: nn.Module, x, tangents):
 
 def _dual_add(u, v):
     return u[0] + v[0], [a + b for a, b in zip(u[1], v[1])]
+
+
+def _exact_rnn(module, x, tangents):
+    """exact_linearization of an ElmanRNN: its valid steps only, as padding changes nothing."""
+    steps, channels = x.shape
+    length = int((~np.isnan(x).all(axis=1)).sum())
+    seq = [
+        [
+            (Fraction(float(x[t, c])), [Fraction(float(v[t * channels + c])) for v in tangents])
+            for c in range(channels)
+        ]
+        for t in range(length)
+    ]
+    slope = getattr(module.act, "negative_slope", 0.0)
+    pre: list = []
+    h = None
+    for inputs, recurrent in zip(module.inputs, module.recurrent):
+        V, b = _layer(inputs)
+        W = _fractions(recurrent.weight)
+        zero = [Fraction(0)] * len(W)
+        h = [(Fraction(0), [Fraction(0)] * len(tangents)) for _ in W]
+        states = []
+        for t in range(length):
+            z = [
+                _dual_add(u, v)
+                for u, v in zip(_dual_linear(V, b, seq[t]), _dual_linear(W, zero, h))
+            ]
+            h = _dual_activation(slope, z, pre)
+            states.append(h)
+        seq = states
+    return [u for block in pre for u in block], _dual_linear(*_layer(module.out), h)

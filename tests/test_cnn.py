@@ -119,20 +119,60 @@ class MaxPoolNet(nn.Module):
         return self.head(self.pool(torch.relu(self.conv(x))).flatten(1))
 
 
-class TrainBatchNormNet(ResidualUserNet):
-    def __init__(self, input_shape, n_outputs):
-        super().__init__(input_shape, n_outputs)
-        self.bn = nn.BatchNorm2d(4)
+class BatchNormUserNet(nn.Module):
+    """A user network with BatchNorm between its convolution and its activation."""
+
+    def __init__(self, input_shape, n_outputs, track_running_stats=True):
+        super().__init__()
+        self.conv = nn.Conv2d(input_shape[0], 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4, track_running_stats=track_running_stats)
+        self.act = nn.ReLU()
+        self.pool = nn.AvgPool2d(2)
+        self.head = nn.Linear(4 * 4 * 4, n_outputs)
 
     def forward(self, x):
-        return super().forward(x) + self.bn(self.conv(x)).mean()
+        return self.head(self.pool(self.act(self.bn(self.conv(x)))).flatten(1))
+
+
+def test_user_module_with_batchnorm_trains_with_roll_and_certifies(images, rng):
+    """The ROLL loss holds the batch statistics constant; certificates run in eval mode."""
+    X, y = images
+    clf = ROLLClassifier(BatchNormUserNet, lam=1.0, max_epochs=2, random_state=0)
+    clf.fit(X[:120], y[:120])
+    bn = clf.module_.bn
+    assert int(bn.num_batches_tracked) == 2 * 2  # two batches of 64 per epoch, counted once
+    assert not torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+    x = X[:4]
+    z, g = unit_gradients(copy.deepcopy(clf.module_), x)
+    radius = certified_margin(clf, x, 2, precision="float64")
+    np.testing.assert_allclose(radius, margins(z, g, 2), rtol=1e-9)
+    module = copy.deepcopy(clf.module_)
+    for i in range(len(x)):
+        u = rng.randn(100, 64)
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        points = x[i] + (u * radius[i] * (1 - 1e-7)).reshape(-1, 1, 8, 8)
+        assert (pattern(module, points) == pattern(module, x[i : i + 1])).all()
+
+
+def test_predictions_follow_recalibrated_batchnorm_statistics(images):
+    """Running statistics change in place without a version bump: predict must see it."""
+    X, y = images
+    clf = ROLLClassifier(BatchNormUserNet, max_epochs=1, random_state=0).fit(X[:64], y[:64])
+    before = clf.predict_proba(X[:8])
+    clf.module_.train()
+    with torch.no_grad():
+        clf.module_(torch.tensor(X[64:128], dtype=torch.float32) * 3)
+    after = clf.predict_proba(X[:8])
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, copy.deepcopy(clf).predict_proba(X[:8]), rtol=1e-12)
 
 
 def test_unsupported_user_modules_are_refused_at_fit(images):
     X, y = images
     with pytest.raises(UnsupportedOperationError, match="layer 'pool'.*average pooling"):
         ROLLClassifier(MaxPoolNet, max_epochs=1).fit(X, y)
-    # Train-mode BatchNorm is refused only where the ROLL loss linearizes it.
-    with pytest.raises(UnsupportedOperationError, match="BatchNorm in training mode"):
-        ROLLClassifier(TrainBatchNormNet, lam=1.0, max_epochs=1).fit(X, y)
-    ROLLClassifier(TrainBatchNormNet, lam=0.0, max_epochs=1).fit(X, y)
+    # Without running statistics BatchNorm normalises by the batch in eval mode too.
+    with pytest.raises(UnsupportedOperationError, match="layer 'bn'.*running statistics"):
+        ROLLClassifier(
+            BatchNormUserNet, module__track_running_stats=False, lam=0.0, max_epochs=1
+        ).fit(X, y)

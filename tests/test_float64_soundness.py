@@ -16,6 +16,8 @@ from modules import Residual
 from reference import exact_linearization
 from sklearn_roll import ROLLClassifier
 from sklearn_roll._evaluation import Evaluator
+from sklearn_roll.linearize import record
+from sklearn_roll.nn import ElmanRNN
 from sklearn_roll.regions import certified_radius, module_margin
 from strategies import inputs, networks
 
@@ -109,13 +111,17 @@ def _crossing(z, rate):
 
 
 def assert_never_above_exact(module, x, rng):
-    """Margins, radii, directional margins and stability bounds against exact values."""
-    n, d = x.shape
-    directions = rng.randn(n, d)
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    """Margins, radii, directional margins and stability bounds against exact values.
+
+    ``x`` holds one sample per row, in the module's layout (NaN steps pad sequences).
+    """
+    n, d = len(x), int(np.prod(x.shape[1:]))
+    directions = np.where(np.isnan(x), 0.0, rng.randn(*x.shape))
+    directions /= np.linalg.norm(directions.reshape(n, -1), axis=1).reshape(-1, *[1] * (x.ndim - 1))
     exact_evaluator = Evaluator(module, x, "float64")
     along = exact_evaluator.directional(directions, None)
-    lower, upper = exact_evaluator.axis_bounds(None)
+    lower, upper = (b.reshape(n, d) for b in exact_evaluator.axis_bounds(None))
+    directions = directions.reshape(n, d)
     certificates = {
         (p, precision, decision): module_margin(
             module, x, p, precision=precision, decision=decision
@@ -213,3 +219,64 @@ def test_no_certificate_exceeds_its_exact_value(data):
     module = data.draw(networks(max_exponent=2.0))
     x = data.draw(inputs(module, min_offset=-16.0))
     assert_never_above_exact(module, x, np.random.RandomState(data.draw(st.integers(0, 99))))
+
+
+# ------------------------------------------------------------------ recurrent networks
+
+
+class GeneralRNN(ElmanRNN):
+    """The built-in RNN with a forward pass of its own: certificates take the general path."""
+
+    def forward(self, x):
+        return ElmanRNN.forward(self, x)
+
+
+def _ragged(rng, n, steps, channels):
+    """Sequences of random lengths 1 .. steps, padded with trailing NaN steps."""
+    x = rng.randn(n, steps, channels)
+    for i, length in enumerate(rng.randint(1, steps + 1, size=n)):
+        x[i, length:] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("path", ["structured", "general"])
+@pytest.mark.parametrize(
+    "sizes, activation, orthogonal",
+    [((3,), "relu", False), ((3,), "leaky_relu", True), ((3, 2), "leaky_relu", False)],
+    ids=["1-relu-plain", "1-leaky-cayley", "2-leaky-plain"],
+)
+@pytest.mark.parametrize("seed", range(2))
+def test_rnn_certificates_never_exceed_exact_values(path, sizes, activation, orthogonal, seed):
+    torch.manual_seed(seed)
+    rng = np.random.RandomState(seed)
+    module = (ElmanRNN if path == "structured" else GeneralRNN)(
+        2,
+        3,
+        hidden_layer_sizes=sizes,
+        activation=activation,
+        negative_slope=0.1,
+        orthogonal_recurrence=orthogonal,
+    ).eval()
+    assert Evaluator(module, _ragged(rng, 1, 2, 2), "float64").structured == (path == "structured")
+    assert_never_above_exact(module, _ragged(rng, 4, 4, 2), rng)
+
+
+@pytest.mark.parametrize("path", ["structured", "general"])
+def test_float64_rounding_cannot_inflate_an_rnn_margin(path):
+    """The MLP case above as a 2-layer RNN of one unit each: z of layer 1 is
+    fl(fl(0.1 + 0.2) - 0.3) = 5.55e-17, twice its exact value."""
+    module = (ElmanRNN if path == "structured" else GeneralRNN)(
+        1, 2, hidden_layer_sizes=(1, 1), activation="relu"
+    ).double()
+    with torch.no_grad():
+        for layer, bias in zip(module.inputs, (0.2, -0.3)):
+            layer.weight.fill_(1.0)
+            layer.bias.fill_(bias)
+        for layer in module.recurrent:
+            layer.weight.fill_(0.5)
+        module.out.weight.copy_(torch.tensor([[1.0], [-1.0]], dtype=torch.float64))
+        module.out.bias.zero_()
+    x = np.array([[[0.1]]])
+    computed = float(record(module, torch.from_numpy(x)).pre[1][0, 0])
+    assert computed == 2 * float(Fraction(0.1) + Fraction(0.2) - Fraction(0.3)) > 0
+    assert_never_above_exact(module.eval(), x, np.random.RandomState(0))

@@ -1,5 +1,7 @@
 """The linearized forward against per-unit autograd, and the check of supported ops."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -181,13 +183,30 @@ def test_unsupported_layers_are_refused_with_layer_name(layer, message):
     assert "in layer 'bad'" in str(info.value)
 
 
-def test_train_mode_batchnorm_is_refused_eval_mode_accepted():
-    net = _net(nn.BatchNorm2d(2))
-    net.train()
-    with pytest.raises(UnsupportedOperationError, match="BatchNorm in training mode"):
+def test_train_mode_batchnorm_linearizes_with_the_batch_statistics_held_constant():
+    torch.manual_seed(0)
+    net = _net(nn.Sequential(nn.BatchNorm2d(2), nn.ReLU())).double().train()
+    x = torch.randn(5, 1, 4, 4, dtype=torch.float64)
+    running = net.bad[0].running_mean.clone()
+    lin = linearize(net, x, "basis")
+    # The linearizer leaves the running statistics alone.
+    assert torch.equal(net.bad[0].running_mean, running)
+    # The same network in eval mode with the batch's statistics as running ones.
+    with torch.no_grad():
+        h = net.conv(x)
+    frozen = copy.deepcopy(net).eval()
+    frozen.bad[0].running_mean = h.mean(dim=(0, 2, 3))
+    frozen.bad[0].running_var = h.var(dim=(0, 2, 3), unbiased=False)
+    expected = linearize(frozen, x, "basis")
+    torch.testing.assert_close(lin.output, net(x))
+    for a, b in zip([*lin.pre, *lin.pre_tangents], [*expected.pre, *expected.pre_tangents]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_batchnorm_without_running_statistics_is_refused():
+    net = _net(nn.BatchNorm2d(2, track_running_stats=False)).eval()
+    with pytest.raises(UnsupportedOperationError, match="running statistics"):
         check_supported(net, torch.randn(2, 1, 4, 4))
-    net.eval()
-    check_supported(net, torch.randn(2, 1, 4, 4))
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,18 @@ def _case(name):
             "rnn", hidden_layer_sizes=(4,), module__orthogonal_recurrence=True, **SMALL
         )
         return est, seqs, y, ()
+    if name == "cnn1d-classifier":
+        # BatchNorm: its running statistics and batch count are tensors of the file.
+        seqs = [rng.randn(rng.randint(3, 7), 2) for _ in range(16)]
+        y = np.array([int(s[:, 0].sum() > 0) for s in seqs])
+        est = ROLLClassifier(
+            "cnn1d",
+            hidden_layer_sizes=(3, 2),
+            module__kernel_sizes=(3, 2),
+            module__residual=True,
+            **SMALL,
+        )
+        return est, seqs, y, ()
     if name == "cnn-classifier":
         images = rng.randn(16, 1, 6, 6)
         y = (images.mean(axis=(1, 2, 3)) > 0).astype(int)
@@ -92,7 +104,14 @@ def _case(name):
     return est, X, X[:, 0] * 2.0, (TinyNet,)
 
 
-CASES = ["mlp-classifier", "mlp-regressor", "rnn-classifier", "cnn-classifier", "user-regressor"]
+CASES = [
+    "mlp-classifier",
+    "mlp-regressor",
+    "rnn-classifier",
+    "cnn1d-classifier",
+    "cnn-classifier",
+    "user-regressor",
+]
 
 
 @pytest.fixture(scope="module", params=CASES)

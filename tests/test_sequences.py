@@ -7,7 +7,7 @@ import torch
 from reference import margins
 from sklearn_roll import ROLLClassifier, certified_margin
 from sklearn_roll.nn import ElmanRNN
-from sklearn_roll.regions import directional_margin, stability_bounds
+from sklearn_roll.regions import certified_radius, directional_margin, stability_bounds
 
 
 def _sequences(rng, n=40, channels=3, lengths=(3, 9)):
@@ -102,9 +102,19 @@ def test_padding_changes_nothing(rnn_model):
     short, long = _padded(X), _padded(X, t_max=max(len(x) for x in X) + 4)
     np.testing.assert_array_equal(clf.predict_proba(short), clf.predict_proba(long))
     np.testing.assert_array_equal(clf.predict_proba(X), clf.predict_proba(short))
-    # Equal up to the float64 rounding allowance, whose count of roundings per value
-    # grows with the padded length.
-    np.testing.assert_allclose(clf.certified_margin(short), clf.certified_margin(long), rtol=1e-10)
+    # The built-in RNN's rounding allowance is per sequence, so padding changes no
+    # certificate beyond float64 rounding.
+    for p in (1, 2, np.inf):
+        np.testing.assert_allclose(
+            clf.certified_margin(short, p), clf.certified_margin(long, p), rtol=1e-12
+        )
+    np.testing.assert_allclose(
+        certified_radius(clf, short), certified_radius(clf, long), rtol=1e-12
+    )
+    lower, upper = stability_bounds(clf, short)
+    longer, farther = stability_bounds(clf, long)
+    np.testing.assert_allclose(lower, longer[:, : short.shape[1]], rtol=1e-12)
+    np.testing.assert_allclose(upper, farther[:, : short.shape[1]], rtol=1e-12)
     g_short, g_long = clf.explain(short), clf.explain(long)
     np.testing.assert_allclose(g_short, g_long[:, : short.shape[1]], rtol=1e-6, atol=1e-9)
     assert np.isnan(g_long[:, short.shape[1] :]).all()
