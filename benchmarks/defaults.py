@@ -172,11 +172,13 @@ def choose(rows):
     return max(eligible, key=lambda r: r["geometric_mean_margin_ratio"])
 
 
-def main(quick: bool) -> None:
+def main(quick: bool, only: list[str] | None = None, write_results: bool = True) -> None:
     wall = time.perf_counter()
     torch.set_num_threads(1)
     sections, data = [], {"studies": {}}
     for name, study in STUDIES.items():
+        if only and name not in only:
+            continue
         results, datasets, seeds, max_epochs = run(name, study, quick)
         rows = summarise(results)
         chosen = choose(rows)
@@ -236,10 +238,18 @@ def main(quick: bool) -> None:
         "training.\n"
     )
     print(text)
-    print(f"wrote {write('defaults', text, data, quick)} in {data['wall_seconds']:.0f} s")
+    if write_results:
+        print(f"wrote {write('defaults', text, data, quick)} in {data['wall_seconds']:.0f} s")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced run")
-    main(parser.parse_args().quick)
+    parser.add_argument(
+        "--study",
+        action="append",
+        choices=list(STUDIES),
+        help="run only this study (repeatable); the results file is then not written",
+    )
+    args = parser.parse_args()
+    main(args.quick, args.study, write_results=args.study is None)

@@ -15,7 +15,7 @@ __all__ = ["DEFAULTS", "roll_weights"]
 DEFAULTS: dict[str, dict[str, tuple[float, float]]] = {
     # task -> module -> (lam, C)
     "classifier": {"mlp": (1.0, 1.0), "cnn": (0.1, 1.0), "rnn": (1.0, 1.0), "cnn1d": (0.1, 1.0)},
-    "regressor": {"mlp": (1.0, 1.0), "cnn": (0.1, 1.0), "rnn": (1.0, 1.0), "cnn1d": (0.1, 1.0)},
+    "regressor": {"mlp": (16.0, 0.25), "cnn": (0.1, 1.0), "rnn": (1.0, 1.0), "cnn1d": (0.1, 1.0)},
 }
 
 
