@@ -11,9 +11,11 @@ gain (geometric mean over data sets and seeds) whose mean score stays within a p
   (digits, breast cancer, wine, iris), standardised, 70/30 split, two seeds;
 * "mlp-regressor": the same MLP as a regressor (standardised target) on diabetes and
   on Friedman's first synthetic problem (1,000 samples), five seeds;
-* "cnn": the ResNet (16, 32 channels) on digits as 8x8 images in [0, 1], two seeds.
-
-The sequence defaults ("rnn") come from the sequences study, not from here.
+* "cnn": the ResNet (16, 32 channels) on digits as 8x8 images in [0, 1], two seeds;
+* "rnn": the Elman RNN (64 LeakyReLU units, orthogonal recurrence) on four sequence
+  sets with their official splits: Japanese Vowels (12 channels, 7-29 steps),
+  sktime's BasicMotions (6 x 100), ItalyPowerDemand (1 x 24) and GunPoint (1 x 150),
+  the latter three read as sktime's numpy3D (``sequence_layout="nct"``), one seed.
 
     python benchmarks/defaults.py            # full study (about two hours on 2 cores)
     python benchmarks/defaults.py --quick    # one data set, one seed, small grids
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import NamedTuple
 
 import joblib
 import numpy as np
@@ -43,6 +46,7 @@ import sklearn_roll
 from _common import RESULTS, budget, markdown_table, write
 from sklearn_roll import ROLLClassifier, ROLLRegressor
 from sklearn_roll._defaults import DEFAULTS
+from sklearn_roll.datasets import load_japanese_vowels
 
 # A point of accuracy, or of R^2.
 TOLERANCE = 0.01
@@ -55,6 +59,34 @@ def _digits_images():
 
 def _friedman():
     return make_friedman1(n_samples=1000, noise=1.0, random_state=0)
+
+
+def _japanese_vowels():
+    X, y = load_japanese_vowels("train")
+    X_test, y_test = load_japanese_vowels("test")
+    return Split(X, X_test, y, y_test, "ntc")
+
+
+def _sktime(name):
+    def load():
+        import sktime.datasets
+
+        loader = getattr(sktime.datasets, f"load_{name}")
+        parts = [loader(split=s, return_type="numpy3D", return_X_y=True) for s in ("train", "test")]
+        (X, y), (X_test, y_test) = parts
+        return Split(X.astype(np.float32), X_test.astype(np.float32), y, y_test, "nct")
+
+    return load
+
+
+class Split(NamedTuple):
+    """A data set's official train/test split, and the layout of its sequences."""
+
+    X: object
+    X_test: object
+    y: np.ndarray
+    y_test: np.ndarray
+    layout: str
 
 
 STUDIES = {
@@ -90,10 +122,27 @@ STUDIES = {
         "score": "accuracy",
         "network": "ResNet (16, 32 channels)",
     },
+    "rnn": {
+        "task": "classifier",
+        "module": "rnn",
+        "datasets": {
+            "japanese_vowels": _japanese_vowels,
+            "basic_motions": _sktime("basic_motions"),
+            "italy_power_demand": _sktime("italy_power_demand"),
+            "gunpoint": _sktime("gunpoint"),
+        },
+        "seeds": [0],
+        "grid": [(lam, C) for lam in (2.0**-6, 2.0**-4) for C in (1.0, 16.0)],
+        "score": "accuracy",
+        "network": "Elman RNN, 64 LeakyReLU units, orthogonal recurrence",
+        "n_margin": 200,
+    },
 }
 
 
 def _split(X, y, seed, classifier):
+    if isinstance(X, Split):
+        return X
     stratify = y if classifier else None
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=seed, stratify=stratify)
     if Xtr.ndim == 2:
@@ -102,17 +151,30 @@ def _split(X, y, seed, classifier):
     return Xtr, Xte, ytr, yte
 
 
+def _reduced(data, quick):
+    """``(X, y)`` for _split: the first rows only in quick runs."""
+    n = budget(quick, None, 600, 150)
+    if isinstance(data, Split):
+        return (data._replace(X=data.X[:n], y=data.y[:n]), None)
+    X, y = data
+    return X[:n], y[:n]
+
+
 def evaluate(study, split, seed, lam, C, max_epochs, n_margin):
     """Test score and median certified l2 margin of one fit, cached by what shapes it."""
-    Xtr, Xte, ytr, yte = split
+    Xtr, Xte, ytr, yte, *layout = split
+    params = {"sequence_layout": layout[0]} if layout else {}
     key = joblib.hash(
         (study["module"], study["task"], Xtr, ytr, Xte, seed, lam, C, max_epochs, n_margin)
+        + tuple(params.items())
     )
     cache = RESULTS.parent / ".cache" / "defaults" / f"{key}_{sklearn_roll.__version__}.json"
     if cache.exists():
         return tuple(json.loads(cache.read_text()))
     Estimator = ROLLClassifier if study["task"] == "classifier" else ROLLRegressor
-    est = Estimator(study["module"], lam=lam, C=C, max_epochs=max_epochs, random_state=seed)
+    est = Estimator(
+        study["module"], lam=lam, C=C, max_epochs=max_epochs, random_state=seed, **params
+    )
     est.fit(Xtr, ytr)
     result = (est.score(Xte, yte), float(np.median(est.certified_margin(Xte[:n_margin]))))
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -128,12 +190,10 @@ def run(name, study, quick):
     max_epochs = budget(quick, 50, 5, 1)
     results = {}
     for dataset in datasets:
-        X, y = study["datasets"][dataset]()
-        if quick:
-            X, y = X[: budget(quick, None, 600, 150)], y[: budget(quick, None, 600, 150)]
-        n_margin = budget(quick, None, 100, 20)
+        data = study["datasets"][dataset]()
+        n_margin = budget(quick, study.get("n_margin"), 100, 20)
         for seed in seeds:
-            split = _split(X, y, seed, study["task"] == "classifier")
+            split = _split(*_reduced(data, quick), seed, study["task"] == "classifier")
             for lam, C in [(0.0, 0.0)] + grid:
                 score, margin = evaluate(study, split, seed, lam, C, max_epochs, n_margin)
                 results.setdefault((lam, C), []).append((dataset, seed, score, margin))

@@ -32,7 +32,7 @@ class ElmanRNN(nn.Module):
         Hidden activation (the paper uses LeakyReLU).
     negative_slope : float, default=0.01
         Slope below zero of the LeakyReLU.
-    orthogonal_recurrence : bool, default=False
+    orthogonal_recurrence : bool, default=True
         Constrain each recurrent matrix to be orthogonal through the Cayley map
         ``(I + A)^-1 (I - A)`` of a learned skew-symmetric ``A`` (see
         :class:`CayleyLinear`; the paper trains a scaled-Cayley orthogonal RNN).
@@ -55,7 +55,7 @@ class ElmanRNN(nn.Module):
         hidden_layer_sizes: Sequence[int] = (64,),
         activation: str = "leaky_relu",
         negative_slope: float = 0.01,
-        orthogonal_recurrence: bool = False,
+        orthogonal_recurrence: bool = True,
     ) -> None:
         super().__init__()
         self.inputs = nn.ModuleList()
