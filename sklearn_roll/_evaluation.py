@@ -277,7 +277,14 @@ class Evaluator:
         cost = dense.k * pruner.dense_products * (1 if dense.work is self.module else 2)
         dense_size = batch_size(dense.work, self.x, requested, dense.k)
         self.survivors = np.empty(len(self.x), dtype=np.int64)
-        for rows, xb, exact in self._batches(self.exact, requested, _PRUNED_VALUES, progress):
+        values = _PRUNED_VALUES
+        if decision:
+            # The radius's bounds hold each class's weight row against the predicted
+            # one's, (classes x last width) per sample, in about three temporaries.
+            classes, width = self.chain[-1][0].weight.shape
+            units = sum(linear.out_features for linear, _ in self.chain)
+            values = max(values, math.ceil(3 * classes * width / units))
+        for rows, xb, exact in self._batches(self.exact, requested, values, progress):
             allowance = self._allowance(xb, exact, self._ones(xb))
             value, hard, computed = pruner.margins(exact, allowance, decision, self.rtol, cost)
             computed[hard] = exact.n_units + (exact.output.shape[1] - 1 if decision else 0)
