@@ -5,7 +5,8 @@ MLP; l2 for the others) against (a) one autograd backward pass per hidden unit a
 (b) ``torch.func.vmap(jacfwd)`` over all pre-activations, with the ratios, their
 errors against a float64 reference, and this machine's float32 GEMM speed:
 
-* the 4x300 ReLU MLP on 784 inputs (MNIST-sized), 256 samples;
+* the 4x300 ReLU MLP on 784 inputs (MNIST-sized), 256 samples, plain and briefly
+  ROLL-trained (lam=1), whose hinge puts many units at similar ratios;
 * the LeakyReLU Elman RNN (64 units) on 64 sequences of 29 steps x 12 channels
   (Japanese-Vowels-sized);
 * the ResNet (16, 32 channels) on 16 images of 28 x 28.
@@ -94,10 +95,17 @@ def timed(fn, repeats):
 
 def architectures(quick: bool, rng):
     n_mlp, n_rnn, n_cnn, steps = budget(quick, (256, 64, 16, 29), (32, 8, 2, 10), (4, 2, 1, 4))
+    roll_epochs = budget(quick, 5, 2, 1)
     X = rng.rand(512, 784).astype(np.float32)
     y = rng.randint(0, 10, 512)
     mlp = ROLLClassifier(hidden_layer_sizes=(300,) * 4, lam=0.0, max_epochs=1, random_state=SEED)
-    yield "MLP 784-300x4-10 ReLU", mlp.fit(X, y), X[:n_mlp], ((2, 2), (1, np.inf), (np.inf, 1))
+    orders = ((2, 2), (1, np.inf), (np.inf, 1))
+    yield "MLP 784-300x4-10 ReLU", mlp.fit(X, y), X[:n_mlp], orders
+    roll = ROLLClassifier(
+        hidden_layer_sizes=(300,) * 4, lam=1.0, max_epochs=roll_epochs, random_state=SEED
+    )
+    name = f"MLP 784-300x4-10 ReLU, ROLL lam=1, {roll_epochs} epochs"
+    yield name, roll.fit(X, y), X[:n_mlp], orders
     S = rng.randn(128, steps, 12).astype(np.float32)
     rnn = ROLLClassifier(
         "rnn",
