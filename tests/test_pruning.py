@@ -183,3 +183,22 @@ def test_a_network_without_hidden_layers():
         pruned, dense, _ = _pruned_and_dense(net, x, p, True)
         np.testing.assert_allclose(pruned, dense, rtol=RTOL)
         assert np.all(pruned <= _reference(net, x, q, True))
+
+
+def test_a_network_without_biases():
+    # The radius's rows start from a rounded difference of two logits' weights; without
+    # biases the allowance counts no spare rounding per layer.
+    torch.manual_seed(8)
+    net = nn.Sequential(
+        nn.Linear(20, 30, bias=False),
+        nn.ReLU(),
+        nn.Linear(30, 30, bias=False),
+        nn.LeakyReLU(0.1),
+        nn.Linear(30, 4, bias=False),
+    ).double()
+    x = np.random.RandomState(5).randn(40, 20)
+    for p, q in P_AND_Q:
+        for decision in (False, True):
+            pruned, dense, _ = _pruned_and_dense(net, x, p, decision)
+            np.testing.assert_allclose(pruned, dense, rtol=RTOL)
+            assert np.all(pruned <= _reference(net, x, q, decision))
