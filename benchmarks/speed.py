@@ -5,13 +5,19 @@ MLP; l2 for the others) against (a) one autograd backward pass per hidden unit a
 (b) ``torch.func.vmap(jacfwd)`` over all pre-activations, with the ratios, their
 errors against a float64 reference, and this machine's float32 GEMM speed:
 
-* the 4x300 ReLU MLP on 784 inputs (MNIST-sized), 256 samples;
+* the 4x300 ReLU MLP on 784 inputs (MNIST-sized), 256 samples, plain and briefly
+  ROLL-trained (lam=1), whose hinge puts many units at similar ratios;
 * the LeakyReLU Elman RNN (64 units) on 64 sequences of 29 steps x 12 channels
   (Japanese-Vowels-sized);
 * the ResNet (16, 32 channels) on 16 images of 28 x 28.
 
 For the ResNet, (a) would need one backward pass for each of its 50,176 units; it is
 timed on a random sample of units and extrapolated, and marked so.
+
+For the MLP, ``certified_margin`` computes exact gradient rows only for the units
+whose bounded ratio could set the minimum (``sklearn_roll._pruning``); it is also
+timed with pruning off (the dense Jacobian of every unit), with the rows it computed
+per sample (mean and largest) against the number of units.
 
     python benchmarks/speed.py            # full run
     python benchmarks/speed.py --quick    # reduced run, well under a minute
@@ -30,6 +36,7 @@ from _common import budget, gemm_gflops, markdown_table, write
 from reference import preactivations as capture
 from reference import unit_jacobian
 from sklearn_roll import ROLLClassifier
+from sklearn_roll._adapter import view
 from sklearn_roll.linearize import float64_copy, linear_chain
 from sklearn_roll.regions import FLOAT32_RTOL, certified_margin
 
@@ -69,6 +76,14 @@ def vmap_jacfwd(module, x, q):
         return margins_from(f(x), jac.reshape(len(x), jac.shape[1], -1), q)
 
 
+def evaluated(clf, X, p, prune):
+    """``certified_margin(clf, X, p)`` with pruning on or off, and its rows per sample."""
+    fitted = view(clf, X)
+    with fitted.threads():
+        evaluator = fitted.evaluator("float32")
+        return evaluator.margins(p, None, False, prune=prune), evaluator.survivors
+
+
 def timed(fn, repeats):
     times = []
     for _ in range(repeats):
@@ -80,10 +95,17 @@ def timed(fn, repeats):
 
 def architectures(quick: bool, rng):
     n_mlp, n_rnn, n_cnn, steps = budget(quick, (256, 64, 16, 29), (32, 8, 2, 10), (4, 2, 1, 4))
+    roll_epochs = budget(quick, 5, 2, 1)
     X = rng.rand(512, 784).astype(np.float32)
     y = rng.randint(0, 10, 512)
     mlp = ROLLClassifier(hidden_layer_sizes=(300,) * 4, lam=0.0, max_epochs=1, random_state=SEED)
-    yield "MLP 784-300x4-10 ReLU", mlp.fit(X, y), X[:n_mlp], ((2, 2), (1, np.inf), (np.inf, 1))
+    orders = ((2, 2), (1, np.inf), (np.inf, 1))
+    yield "MLP 784-300x4-10 ReLU", mlp.fit(X, y), X[:n_mlp], orders
+    roll = ROLLClassifier(
+        hidden_layer_sizes=(300,) * 4, lam=1.0, max_epochs=roll_epochs, random_state=SEED
+    )
+    name = f"MLP 784-300x4-10 ReLU, ROLL lam=1, {roll_epochs} epochs"
+    yield name, roll.fit(X, y), X[:n_mlp], orders
     S = rng.randn(128, steps, 12).astype(np.float32)
     rnn = ROLLClassifier(
         "rnn",
@@ -126,6 +148,20 @@ def main(quick: bool) -> None:
         for p, q in orders:
             certified_margin(clf, X[:2], p)
             t_ours, ours = timed(lambda p=p, X=X, clf=clf: certified_margin(clf, X, p), 3)
+            if chain:
+                t_dense, (dense, _) = timed(
+                    lambda p=p, X=X, clf=clf: evaluated(clf, X, p, False), 3
+                )
+                _, survivors = evaluated(clf, X, p, True)
+                pruning = {
+                    "seconds_dense": t_dense,
+                    "speedup_vs_dense": t_dense / t_ours,
+                    "rows_per_sample_mean": float(survivors.mean()),
+                    "rows_per_sample_max": int(survivors.max()),
+                    "relative_difference_to_dense": float(np.max(np.abs(ours / dense - 1))),
+                }
+            else:
+                pruning = {}
             t_a, ref_a = timed(lambda q=q, m=module, x=x, u=units: per_unit_backward(m, x, q, u), 1)
             if sampled:
                 t_a *= n_units / SAMPLED_UNITS
@@ -146,6 +182,8 @@ def main(quick: bool) -> None:
                     len(X),
                     "float32" if chain else "float64",
                     f"{t_ours:.3f}",
+                    f"{t_dense:.3f} ({t_dense / t_ours:.1f}x)" if pruning else "-",
+                    f"{survivors.mean():.1f} / {survivors.max()} of {n_units}" if pruning else "-",
                     f"{t_a:.1f}" + (" (extrapolated)" if sampled else ""),
                     f"{t_b:.2f}",
                     f"{t_a / t_ours:.1f}x",
@@ -169,6 +207,7 @@ def main(quick: bool) -> None:
                 "relative_error_sklearn_roll_float32": err,
                 "relative_error_sklearn_roll_float64": err64,
                 "relative_error_vmap_jacfwd": error(ref_b),
+                **pruning,
             }
             print(rows[-1], flush=True)
     table = markdown_table(
@@ -178,6 +217,8 @@ def main(quick: bool) -> None:
             "samples",
             "arithmetic",
             "sklearn-roll (s)",
+            "pruning off (s)",
+            "rows per sample: mean / max",
             "(a) backward per unit (s)",
             "(b) vmap(jacfwd) (s)",
             "speed-up vs (a)",
@@ -199,7 +240,10 @@ def main(quick: bool) -> None:
         "Errors: largest relative difference to the margins of a float64 vmap(jacfwd); "
         f"sklearn-roll's margins are shown with the documented factor 1 + {FLOAT32_RTOL:g} "
         "removed. The float32 baselines err more because they round the pre-activations, "
-        "which sklearn-roll takes from a float64 pass.\n"
+        "which sklearn-roll takes from a float64 pass. Pruning off: the dense Jacobian of "
+        "every unit, with the speed-up pruning gives in brackets; rows per sample: exact "
+        "gradient rows pruning computed (a sample handed to the dense path counts all its "
+        "units).\n"
     )
     path = write("speed", text, data, quick)
     print(text)

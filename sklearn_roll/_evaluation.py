@@ -9,6 +9,7 @@ set of points and turns its linearizations into certificates with the math of
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -21,7 +22,16 @@ from tqdm import tqdm
 
 from ._chain import linear_chain
 from ._linearization import AxisTangents, Linearization, Magnitudes
-from ._margins import Block, axis_bounds, decision_terms, directional, dual_order, norm_reducer
+from ._margins import (
+    Block,
+    axis_bounds,
+    decision_gaps,
+    decision_terms,
+    directional,
+    dual_order,
+    norm_reducer,
+)
+from ._pruning import ChainPruner
 from ._recording import first_output
 from ._recurrent import (
     RecurrentAllowance,
@@ -67,6 +77,9 @@ MEMORY_BUDGET = 64 * 2**20
 Small enough that a layer's tangents stay in cache-friendly sizes, large enough that
 each layer is one big matrix product.
 """
+# Values per unit that the pruned margins of a Linear chain hold per sample (record,
+# allowances, bounds, their order), in units of the float64 network's values.
+_PRUNED_VALUES = 16
 # A batch_size passed explicitly may use more, up to this many bytes of tangents.
 _MEMORY_CAP = 2 * 2**30
 PRECISIONS = ("float32", "float64")
@@ -268,39 +281,92 @@ class Evaluator:
         return exact
 
     def margins(
-        self, p: float, requested: int | None, decision: bool, progress: bool = False
+        self,
+        p: float,
+        requested: int | None,
+        decision: bool,
+        progress: bool = False,
+        prune: bool = True,
     ) -> np.ndarray:
-        """l_p margins, or with ``decision`` robust radii, of every sample."""
+        """l_p margins, or with ``decision`` robust radii, of every sample.
+
+        The built-in RNN follows its time structure. Linear chains compute exact rows
+        only for the units that can set the minimum
+        (:class:`~sklearn_roll._pruning.ChainPruner`), and the dense Jacobian for the
+        samples where that would cost more; :attr:`survivors` then holds, per sample,
+        how many rows were computed (every unit's, and gap's, for a dense sample).
+        ``prune=False`` takes the dense path for every sample (the benchmarks' and
+        tests' comparison).
+        """
         if self.structured:
+            self.survivors = None
             return self._recurrent_margins(p, requested, decision, progress)
-        q = dual_order(p)
-        bounded = (
-            Float32Chain(self.module, self.exact, self.chain, p, self.features)
-            if self.bounded
-            else None
-        )
-        tangents = self._feature_axes if self.features is not None else "basis"
-        k = bounded.k if bounded is not None else self._moving()
-        work = self.module if bounded is not None else self.exact
+        dense = _DensePath(self, p, decision)
         out = np.empty(len(self.x))
-        for rows, xb, exact in self._batches(work, requested, k, progress):
+        # Pruning holds _PRUNED_VALUES float64 values per unit; where the dense path
+        # holds no more (few input axes), it is as cheap and computes every row.
+        dense_bytes = dense.k * _dtype(dense.work).itemsize
+        if self.chain is None or not prune or dense_bytes <= 8 * _PRUNED_VALUES:
+            self.survivors = None
+            for rows, xb, exact in self._batches(dense.work, requested, dense.k, progress):
+                allowance = self._allowance(xb, exact, self._ones(xb))
+                value = dense.values(xb, exact, allowance)
+                gaps = _sure_gaps(exact, allowance, decision)
+                out[rows] = self._finish(value, exact, allowance.pre, gaps)
+            return out
+        pruner = ChainPruner(self.exact, self.chain, dual_order(p), self.features)
+        cost = dense.k * pruner.dense_products * (1 if dense.work is self.module else 2)
+        self.survivors = np.empty(len(self.x), dtype=np.int64)
+        values = _PRUNED_VALUES
+        if decision:
+            # The radius's bounds hold each class's weight row against the predicted
+            # one's, (classes x last width) per sample, in about three temporaries.
+            classes, width = self.chain[-1][0].weight.shape
+            units = sum(linear.out_features for linear, _ in self.chain)
+            values = max(values, math.ceil(3 * classes * width / units))
+        if requested is None:
+            dense_size = batch_size(dense.work, self.x, None, dense.k)
+        else:
+            # One check of the requested size for both paths: a batch may go dense whole.
+            values = max(values, math.ceil(dense_bytes / 8))
+            dense_size = requested
+        for rows, xb, exact in self._batches(self.exact, requested, values, progress):
             allowance = self._allowance(xb, exact, self._ones(xb))
-            if bounded is not None:
-                blocks = bounded.blocks(xb.float(), exact, decision, allowance)
-            else:
-                t = tangents(len(xb), rows) if callable(tangents) else tangents
-                lin = linearize(self.exact, xb, t, norm_reducer(p))
-                blocks = float64_blocks(exact, lin, allowance, q, decision)
-            out[rows] = self._smallest(blocks, exact, allowance.pre, decision)
+            value, hard, computed = pruner.margins(exact, allowance, decision, self.rtol, cost)
+            computed[hard] = exact.n_units + (exact.output.shape[1] - 1 if decision else 0)
+            for part in hard.nonzero()[:, 0].split(dense_size) if hard.any() else ():
+                value[part] = dense.values(
+                    xb[part], _sample_rows(exact, part), _sample_rows(allowance, part)
+                )
+            self.survivors[rows] = computed.numpy()
+            gaps = _sure_gaps(exact, allowance, decision)
+            out[rows] = self._finish(value, exact, allowance.pre, gaps)
         return out
 
     def _smallest(
         self, blocks: list[Block], exact: Linearization, errors: list[Tensor], decision: bool
     ) -> np.ndarray:
         """The certificate of a batch from its ratio blocks: 0 where it is not sure."""
-        value = sound_min(blocks, exact.output.shape[0], self.rtol) * SHRINK64
-        if decision:
-            gap, others = blocks[-1].num, blocks[-1].counted
+        value = sound_min(blocks, exact.output.shape[0], self.rtol)
+        gaps = (blocks[-1].num, blocks[-1].counted) if decision else None
+        return self._finish(value, exact, errors, gaps)
+
+    def _finish(
+        self,
+        value: Tensor,
+        exact: Linearization,
+        errors: list[Tensor],
+        gaps: tuple[Tensor, Tensor] | None,
+    ) -> np.ndarray:
+        """Certificates from a batch's smallest ratios: the final rounding, ties, doubts.
+
+        ``errors`` bound the rounding of ``exact.pre``; ``gaps`` (radii only) are the
+        logit gaps less their rounding allowances, with the mask of the other classes:
+        a gap that may be zero is a tie or a flip, and gives 0.
+        """
+        value = value * SHRINK64
+        if gaps is not None:
+            gap, others = gaps
             value = torch.where(((gap <= 0) & others).any(dim=1), 0.0, value)
         return torch.where(unsure(exact, errors), 0.0, value).numpy()
 
@@ -546,6 +612,64 @@ class _AxisBounds:
 def _rates(index: int, block: Tensor, errors: TangentErrors) -> tuple[Tensor, Tensor]:
     """A block of directional derivatives (n, u, 1) as rates (n, u) and their errors."""
     return block[:, :, 0], errors.entries()[:, :, 0]
+
+
+class _DensePath:
+    """Every unit's gradient norm at once: the Jacobian pushed through the network.
+
+    The float32 chain with rounding bounds where it serves the certificate, else the
+    float64 Jacobian along the moving input axes. ``k`` tangents per unit, on ``work``.
+    """
+
+    def __init__(self, evaluator: Evaluator, p: float, decision: bool) -> None:
+        self.evaluator = evaluator
+        self.p = p
+        self.decision = decision
+        self.work = evaluator.module if evaluator.bounded else evaluator.exact
+        if evaluator.bounded:
+            self.k = Float32Chain.tangent_count(evaluator.chain, p, evaluator.features)
+        else:
+            self.k = evaluator._moving()
+        self._chain: Float32Chain | None = None
+
+    def values(self, xb: Tensor, exact: Linearization, allowance: Magnitudes) -> Tensor:
+        """Per sample of the batch, the smallest certified ratio."""
+        ev, q = self.evaluator, dual_order(self.p)
+        if ev.bounded:
+            if self._chain is None:
+                # Built on first use: its row-space basis costs a QR factorization.
+                self._chain = Float32Chain(ev.module, ev.exact, ev.chain, self.p, ev.features)
+            blocks = self._chain.blocks(xb.float(), exact, self.decision, allowance)
+        else:
+            tangents = ev._feature_axes(len(xb)) if ev.features is not None else "basis"
+            lin = linearize(ev.exact, xb, tangents, norm_reducer(self.p))
+            blocks = float64_blocks(exact, lin, allowance, q, self.decision)
+        return sound_min(blocks, len(xb), ev.rtol)
+
+
+def _sample_rows(value, index: Tensor):
+    """A :class:`Linearization` or :class:`Magnitudes` restricted to some samples."""
+
+    def pick(field):
+        if isinstance(field, Tensor):
+            return field[index]
+        if isinstance(field, list):
+            return [pick(item) for item in field]
+        return field
+
+    return dataclasses.replace(
+        value, **{f.name: pick(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    )
+
+
+def _sure_gaps(
+    exact: Linearization, allowance: Magnitudes, decision: bool
+) -> tuple[Tensor, Tensor] | None:
+    """For radii, the logit gaps to the predicted class less their rounding allowances."""
+    if not decision:
+        return None
+    gap, y, others = decision_gaps(exact.output)
+    return gap - allowance.output.gather(1, y[:, None]) - allowance.output, others
 
 
 def _input_gradient(module: nn.Module, x: Tensor, picked: np.ndarray | None) -> Tensor:

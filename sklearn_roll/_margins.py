@@ -31,6 +31,7 @@ __all__ = [
     "Block",
     "axis_bounds",
     "crossing",
+    "decision_gaps",
     "decision_terms",
     "directional",
     "dual_order",
@@ -231,6 +232,21 @@ def axis_bounds(
     return -down, up
 
 
+def decision_gaps(output: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Logit gaps to the predicted class, the class, and a mask of the other classes.
+
+    Returns gap (n, K), predicted index (n,) and others (n, K), False at the
+    predicted class.
+    """
+    output = output.double()
+    y = output.argmax(dim=1)
+    rows = torch.arange(output.shape[0])
+    gap = output[rows, y][:, None] - output
+    others = torch.ones_like(gap, dtype=torch.bool)
+    others[rows, y] = False
+    return gap, y, others
+
+
 def decision_terms(
     output_tangents: Tensor, output: Tensor, q: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -239,12 +255,8 @@ def decision_terms(
     Returns gap (n, K), norm (n, K), predicted index (n,) and a mask of the classes
     other than the predicted one (n, K).
     """
-    output = output.double()
-    y = output.argmax(dim=1)
+    gap, y, others = decision_gaps(output)
     rows = torch.arange(output.shape[0])
-    gap = output[rows, y][:, None] - output
     grad = output_tangents[rows, y][:, None, :] - output_tangents
     norm = torch.linalg.vector_norm(grad, ord=q, dim=2)
-    others = torch.ones_like(gap, dtype=torch.bool)
-    others[rows, y] = False
     return gap, norm, y, others

@@ -77,6 +77,7 @@ from .linearize import linearize, magnitudes
 
 __all__ = [
     "FLOAT32_RTOL",
+    "OVERFLOW",
     "SMALLEST_ACCURATE32",
     "Float32Chain",
     "chain_rounding",
@@ -297,10 +298,11 @@ def chain_rounding(
     return errors
 
 
-_OVERFLOW = (
+OVERFLOW = (
     "The network's gradients are not finite in float64 (overflow): its weights are "
     "too large to certify."
 )
+"""The message of the ``ValueError`` raised where gradients overflow float64."""
 
 
 def sound_min(blocks: list[Block], n: int, rtol: float) -> Tensor:
@@ -317,7 +319,7 @@ def sound_min(blocks: list[Block], n: int, rtol: float) -> Tensor:
         if block.error is None:
             counted = block.norm if block.counted is None else block.norm[block.counted]
             if not torch.isfinite(counted).all():
-                raise ValueError(_OVERFLOW)
+                raise ValueError(OVERFLOW)
             best = torch.minimum(best, min_ratio(block.num, den, block.counted))
             continue
         finite = torch.isfinite(block.norm) & torch.isfinite(block.error)
@@ -337,7 +339,7 @@ def sound_min(blocks: list[Block], n: int, rtol: float) -> Tensor:
             r, c = rows[start : start + _REFINE_CHUNK], cols[start : start + _REFINE_CHUNK]
             norm = block.exact(r, c)
             if not torch.isfinite(norm).all():
-                raise ValueError(_OVERFLOW)
+                raise ValueError(OVERFLOW)
             best = best.scatter_reduce(0, r, ratios(block.num[r, c], norm * (1 + rtol)), "amin")
     return best
 
@@ -380,6 +382,14 @@ class Float32Chain:
         self.basis_error = 0.0
         self.first, self._tangents, self.k = self._first_layer()
 
+    @staticmethod
+    def tangent_count(chain: Chain, p: float, features: Tensor | None = None) -> int:
+        """Tangents per gradient row: the row space of the first layer for l2 when smaller."""
+        width, d = chain[0][0].weight.shape
+        if features is not None:
+            return len(features)
+        return width if p == 2 and d > width else d
+
     def _first_layer(self) -> tuple[Tensor, Callable[[int], Any], int]:
         """First-layer error bounds (per unit), tangents for n examples, tangents per row."""
         weight = self.chain[0][0].weight.detach()
@@ -392,7 +402,7 @@ class Float32Chain:
                 return AxisTangents(self.features[:, None].expand(-1, n).contiguous())
 
             return torch.zeros(width, dtype=torch.float64), axes, k
-        if self.p != 2 or d <= width:
+        if self.tangent_count(self.chain, self.p) == d:
             # Columns of the first weight matrix: exact.
             return torch.zeros(width, dtype=torch.float64), lambda n: "basis", d
         # l2 norms are those of the rows times an orthonormal basis of the first
