@@ -25,9 +25,11 @@ The general path (``linearize``, hence ``roll_penalty``) needs memory like T^2 p
 sequence, so it runs over chunks of sequences of at most 2 GiB, as the certificates
 batch their samples.
 
-Each measurement runs in a fresh subprocess, which warms up on a tiny slice, then
-reports the best of up to three runs (one when a run takes over a second) and the peak resident memory over what it
-held before (VmHWM reset through ``/proc/self/clear_refs`` on Linux, else
+Each measurement runs in a fresh process, forked from the main one once the
+libraries are imported (their import costs seconds, more than most measurements;
+spawned where fork is unavailable). It warms up on a tiny slice, then reports the
+best of up to three runs (one when a run takes over a second) and the peak resident
+memory over what it held before (VmHWM reset through ``/proc/self/clear_refs`` on Linux, else
 ``ru_maxrss``). A method whose cost grows like T^2 is skipped at a length where its
 estimate from the previous length exceeds 60 s or 4 GiB. Times depend on the load
 of the machine, which the table records.
@@ -40,13 +42,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import multiprocessing
 import os
 import resource
-import subprocess
-import sys
 import time
+import traceback
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
@@ -305,16 +307,32 @@ def measure(index: int, steps: int, n: int, chunk: int) -> dict:
     return {"seconds": min(times), "extra_bytes": peak - before, "peak_since_start": reset}
 
 
+def _child(send: Connection, threads: int, *args: int) -> None:
+    """The child's job: one measurement, sent back (or the error that stopped it)."""
+    torch.set_num_threads(threads)
+    try:
+        send.send(measure(*args))
+    except BaseException:
+        send.send(traceback.format_exc())
+        raise
+
+
 def run_child(index: int, steps: int, n: int, chunk: int, threads: int) -> dict:
-    """One measurement in a fresh interpreter."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", *map(str, (index, steps, n, chunk, threads))],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parent,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """One measurement in a fresh process."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(send, threads, index, steps, n, chunk))
+    child.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:
+        result = f"the child ended without a result (exit code {child.exitcode})"
+    child.join()
+    if isinstance(result, str):
+        raise RuntimeError(f"{METHODS[index].name} at T = {steps} failed:\n{result}")
+    return result
 
 
 def check_penalty(steps: int) -> float:
@@ -421,13 +439,8 @@ def main(quick: bool, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        index, steps, n, chunk, threads = map(int, sys.argv[2:7])
-        torch.set_num_threads(threads)
-        print(json.dumps(measure(index, steps, n, chunk)))
-    else:
-        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("--quick", action="store_true", help="reduced run")
-        parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-        args = parser.parse_args()
-        main(args.quick, args.threads)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced run")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    args = parser.parse_args()
+    main(args.quick, args.threads)
