@@ -8,18 +8,28 @@ and 5 classes, 32 full-length sequences of T in {29, 100, 400} steps:
   reduced to squared norms, and against the causal full gradients reduced the same way;
 * full unit gradients reduced to l1 norms (the dual norm of l_inf margins), in float64:
   ``causal_linearize`` against ``linearize(..., "basis")``, forward tangents pushed
-  from each input step separately, and reverse mode per unit (batched autograd);
-* one training step in float32: forward and backward of cross-entropy plus the exact
-  ROLL penalty (gamma = 100, C = 1) from the Gram recurrence, against the same step
-  with ``roll_penalty`` as it is today, and against plain cross-entropy.
+  from each input step separately, and reverse mode per unit (batched autograd: one
+  backward per unit);
+* the certificates as users get them (``module_margin``, the math of
+  ``certified_margin``, at the default precision; and the stability bounds), for
+  p = 2, 1 and inf: the paths that follow the RNN's time structure, chosen
+  automatically, against the general path that user modules take (the same network
+  as a subclass with its own forward pass, which the structured paths do not serve);
+* one epoch of training in float32, the 32 sequences as one batch: forward and
+  backward of cross-entropy plus ``lam`` times ``roll_penalty`` (exact, gamma = 100,
+  C = 1; or approximate with 16 Rademacher projections), as the estimators compute
+  it, against plain cross-entropy; the exact penalty on the built-in RNN (the Gram
+  recurrence) and on the general path.
 
 The general path (``linearize``, hence ``roll_penalty``) needs memory like T^2 per
 sequence, so it runs over chunks of sequences of at most 2 GiB, as the certificates
 batch their samples.
 
-Each measurement runs in a fresh subprocess, which warms up on a tiny slice, then
-reports the best of up to three runs (one when a run takes over a second) and the peak resident memory over what it
-held before (VmHWM reset through ``/proc/self/clear_refs`` on Linux, else
+Each measurement runs in a fresh process, forked from the main one once the
+libraries are imported (their import costs seconds, more than most measurements;
+spawned where fork is unavailable). It warms up on a tiny slice, then reports the
+best of up to three runs (one when a run takes over a second) and the peak resident
+memory over what it held before (VmHWM reset through ``/proc/self/clear_refs`` on Linux, else
 ``ru_maxrss``). A method whose cost grows like T^2 is skipped at a length where its
 estimate from the previous length exceeds 60 s or 4 GiB. Times depend on the load
 of the machine, which the table records.
@@ -32,27 +42,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import multiprocessing
 import os
 import resource
-import subprocess
-import sys
 import time
+import traceback
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from _common import budget, markdown_table, write
-from sklearn_roll._recurrent import causal_linearize, gram_recurrence
+from sklearn_roll._evaluation import Evaluator
+from sklearn_roll._recurrent import causal_linearize, gram_recurrence, is_structured
 from sklearn_roll.linearize import linearize, record
 from sklearn_roll.loss import roll_penalty
 from sklearn_roll.nn import ElmanRNN
+from sklearn_roll.regions import module_margin
 
 SEED = 0
 HIDDEN, CHANNELS, CLASSES, SEQUENCES = 64, 6, 5, 32
 ROLL_C, LAM = 1.0, 1.0
+APPROX = 16
 MAX_SECONDS, MAX_BYTES = 60.0, 4 * 2**30
 CHUNK_BYTES = 2 * 2**30
 MIB = 2**20
@@ -123,27 +136,58 @@ def reverse_l1(module: ElmanRNN, x: torch.Tensor) -> torch.Tensor:
     return norms
 
 
-def gram_penalty(gram) -> torch.Tensor:
-    """The exact ROLL penalty (gamma = 100) from the Gram recurrence's squared norms."""
-    total = count = 0.0
-    for z, counted, g in zip(gram.pre, gram.counted, gram.grad_sq):
-        total = total + ((g + ROLL_C * torch.relu(1 - z.abs())) * counted).sum(dim=1)
-        count = count + counted.sum(dim=1)
-    return (total / count.clamp(min=1)).mean()
+class GeneralElman(ElmanRNN):
+    """ElmanRNN with a forward pass of its own: the structured paths do not serve it.
+
+    Its computation is ElmanRNN's, so it measures the general path (the one user
+    modules take) on the same network.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+
+def general(module: ElmanRNN) -> GeneralElman:
+    """The same network, as a :class:`GeneralElman`."""
+    copy = GeneralElman(CHANNELS, CLASSES, hidden_layer_sizes=(HIDDEN,)).to(module.out.weight.dtype)
+    copy.load_state_dict(module.state_dict())
+    return copy
 
 
 def _train_plain(module, x, y) -> None:
     F.cross_entropy(module(x), y).backward()
 
 
-def _train_gram(module, x, y) -> None:
-    gram = gram_recurrence(module, x)
-    (F.cross_entropy(gram.output, y) + LAM * gram_penalty(gram)).backward()
+def _train_roll(approx: int | None = None, structured: bool = True) -> Callable:
+    """A training step with the ROLL penalty, as the estimators' get_loss computes it."""
+
+    def run(module, x, y) -> None:
+        net = module if structured else general(module)
+        assert is_structured(net) == structured
+        penalty = roll_penalty(net, x, C=ROLL_C, approx=approx)
+        (F.cross_entropy(net(x), y) + LAM * penalty).backward()
+
+    return run
 
 
-def _train_general(module, x, y) -> None:
-    loss = F.cross_entropy(module(x), y) + LAM * roll_penalty(module, x, C=ROLL_C)
-    loss.backward()
+def _certificate(p: float, structured: bool) -> Callable:
+    """``module_margin`` at the default precision, on the structured or the general path."""
+
+    def run(module, x, y) -> None:
+        net = (module if structured else general(module)).eval()
+        module_margin(net, x.double().numpy(), p)
+
+    return run
+
+
+def _bounds(structured: bool) -> Callable:
+    """The per-coordinate stability bounds, as ``stability_bounds`` computes them."""
+
+    def run(module, x, y) -> None:
+        net = (module if structured else general(module)).eval()
+        Evaluator(net, x.double().numpy(), "float64").axis_bounds(None)
+
+    return run
 
 
 def _no_grad(fn: Callable) -> Callable:
@@ -169,7 +213,8 @@ class Method:
     chunked: bool = False
 
 
-L2, FULL, TRAIN = "l2 norms", "full gradients (l1)", "training step"
+L2, FULL, TRAIN = "l2 norms", "full gradients (l1)", "training epoch"
+M2, M1, MINF, BOUNDS = "margin p=2", "margin p=1", "margin p=inf", "stability bounds"
 METHODS = [
     Method(L2, "gram recurrence", _no_grad(gram_recurrence), quadratic=False, chosen=True),
     Method(
@@ -188,9 +233,26 @@ METHODS = [
     ),
     Method(FULL, "per input step", _no_grad(per_step_l1)),
     Method(FULL, "reverse per unit", lambda m, x, y: reverse_l1(m, x)),
-    Method(TRAIN, "gram exact loss", _train_gram, torch.float32, False, chosen=True),
+    *(
+        method
+        for task, p in [(M2, 2), (M1, 1), (MINF, float("inf"))]
+        for method in [
+            Method(task, "structured", _certificate(p, True), torch.float32, p != 2, chosen=True),
+            Method(task, "general path", _certificate(p, False), torch.float32),
+        ]
+    ),
+    Method(BOUNDS, "structured", _bounds(True), torch.float32, chosen=True),
+    Method(BOUNDS, "general path", _bounds(False), torch.float32),
+    Method(TRAIN, "exact ROLL, gram", _train_roll(), torch.float32, False, chosen=True),
     Method(TRAIN, "plain", _train_plain, torch.float32, False),
-    Method(TRAIN, "roll_penalty today", _train_general, torch.float32, chunked=True),
+    Method(TRAIN, f"approx ROLL, {APPROX} projections", _train_roll(APPROX), torch.float32, False),
+    Method(
+        TRAIN,
+        "exact ROLL, general path",
+        _train_roll(structured=False),
+        torch.float32,
+        chunked=True,
+    ),
 ]
 
 
@@ -245,25 +307,41 @@ def measure(index: int, steps: int, n: int, chunk: int) -> dict:
     return {"seconds": min(times), "extra_bytes": peak - before, "peak_since_start": reset}
 
 
+def _child(send: Connection, threads: int, *args: int) -> None:
+    """The child's job: one measurement, sent back (or the error that stopped it)."""
+    torch.set_num_threads(threads)
+    try:
+        send.send(measure(*args))
+    except BaseException:
+        send.send(traceback.format_exc())
+        raise
+
+
 def run_child(index: int, steps: int, n: int, chunk: int, threads: int) -> dict:
-    """One measurement in a fresh interpreter."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", *map(str, (index, steps, n, chunk, threads))],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parent,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """One measurement in a fresh process."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(send, threads, index, steps, n, chunk))
+    child.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:
+        result = f"the child ended without a result (exit code {child.exitcode})"
+    child.join()
+    if isinstance(result, str):
+        raise RuntimeError(f"{METHODS[index].name} at T = {steps} failed:\n{result}")
+    return result
 
 
 def check_penalty(steps: int) -> float:
-    """Relative difference between the Gram penalty and roll_penalty (float64)."""
+    """Relative difference of the exact penalty between the Gram and the general path."""
     module, x, _ = _data(steps, 4, torch.float64)
     with torch.no_grad():
-        ours = gram_penalty(gram_recurrence(module, x))
-        today = roll_penalty(module, x, C=ROLL_C)
-    return float((ours - today).abs() / today.abs())
+        ours = roll_penalty(module, x, C=ROLL_C)
+        general_path = roll_penalty(general(module), x, C=ROLL_C)
+    return float((ours - general_path).abs() / general_path.abs())
 
 
 def _plan(method: Method, previous: dict | None, steps: int, n: int) -> dict:
@@ -343,12 +421,13 @@ def main(quick: bool, threads: int) -> None:
         f"# Structured linearization of ElmanRNN\n\n"
         f"{HIDDEN} LeakyReLU units, {CHANNELS} channels, {n} sequences, "
         f"{threads} torch thread(s). The chosen method of each task is the Gram recurrence "
-        f"(l2 norms, training) or the causal full gradients; ratios are to it. Load average "
-        f"of the machine (1 min) before and after: "
+        f"(l2 norms, training), the causal full gradients, or the structured certificates "
+        f"(Gram for p = 2, causal for p = 1, inf and the bounds); ratios are to it. Load "
+        f"average of the machine (1 min) before and after: "
         f"{', '.join(f'{v:.1f}' for v in load) or 'unknown'}.\n\n"
         f"{table}\n\n"
-        f"The Gram penalty equals roll_penalty to a relative {difference:.1e} (float64, "
-        f"T = {lengths[0]}).\n"
+        f"The exact penalty of the Gram path equals the general path's to a relative "
+        f"{difference:.1e} (float64, T = {lengths[0]}).\n"
     )
     print(text)
     write(
@@ -360,13 +439,8 @@ def main(quick: bool, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        index, steps, n, chunk, threads = map(int, sys.argv[2:7])
-        torch.set_num_threads(threads)
-        print(json.dumps(measure(index, steps, n, chunk)))
-    else:
-        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("--quick", action="store_true", help="reduced run")
-        parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-        args = parser.parse_args()
-        main(args.quick, args.threads)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced run")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    args = parser.parse_args()
+    main(args.quick, args.threads)

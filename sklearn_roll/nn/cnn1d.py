@@ -22,15 +22,16 @@ from ._activation import make_activation
 
 
 class _Steps:
-    """The valid steps of a padded batch (n, C, T), and how to keep padding out.
+    """The valid steps of a padded batch, and how to keep padding out of its layers.
 
-    ``mask`` (n, 1, T) marks the valid steps; with padding, ``rows`` lists the flat
-    (sample, step) positions of the valid steps and ``lookup`` maps every position
-    to its row among them, or to one past the last for a padded step.
+    ``valid`` (n, T) is True at the valid steps; ``mask`` (n, 1, T) broadcasts it
+    over the channels of the layers' (n, channels, T) values. With padding,
+    ``rows`` lists the flat (sample, step) positions of the valid steps and
+    ``lookup`` maps every position to its row among them, or to one past the last
+    for a padded step.
     """
 
     def __init__(self, valid: Tensor) -> None:
-        n, T = valid.shape
         self.mask = valid[:, None, :]
         self.padded = not bool(valid.all())
         self.lengths = valid.sum(dim=1, keepdim=True)
