@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _common import budget, markdown_table, write
+from _common import budget, markdown_table, proc_status, write
 from sklearn_roll._evaluation import Evaluator
 from sklearn_roll._recurrent import causal_linearize, gram_recurrence, is_structured
 from sklearn_roll.linearize import linearize, record
@@ -264,17 +264,6 @@ def _data(steps: int, n: int, dtype: torch.dtype) -> tuple[ElmanRNN, torch.Tenso
     return module, x, y
 
 
-def _status(field: str) -> int | None:
-    """A memory field of /proc/self/status in bytes, or None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def measure(index: int, steps: int, n: int, chunk: int) -> dict:
     """Time one method on one length in this process (the child's job).
 
@@ -287,7 +276,7 @@ def measure(index: int, steps: int, n: int, chunk: int) -> dict:
     # One tiny call first, so that one-time costs of torch (torch.func's start-up,
     # lazy allocations) are charged to no length.
     method.run(module, x[:2, :2], y[:2])
-    before = _status("VmRSS")
+    before = proc_status("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")
         reset = before is not None
@@ -300,7 +289,7 @@ def measure(index: int, steps: int, n: int, chunk: int) -> dict:
         for rows in chunks:
             method.run(module, x[rows], y[rows])
         times.append(time.perf_counter() - start)
-    peak = _status("VmHWM") if reset else None
+    peak = proc_status("VmHWM") if reset else None
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         before = 0
