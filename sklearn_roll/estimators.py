@@ -842,7 +842,8 @@ _NOTES_DOC = """
     chosen by ``benchmarks/defaults.py``, which trains each built-in network with its
     defaults over a grid of ``lam`` and ``C`` and keeps the largest median-margin
     gain among the settings whose mean test score stays within a point of plain
-    training (``benchmarks/results/defaults.md``).
+    training (``benchmarks/results/defaults.md``); "cnn1d" has no study yet and
+    takes the "cnn" values.
 
     Saving and loading: ``est.save(path)`` and ``ROLLClassifier.load(path)`` /
     ``ROLLRegressor.load(path)`` (see :mod:`sklearn_roll.persistence`) write and read
