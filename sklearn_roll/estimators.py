@@ -316,7 +316,9 @@ class _ROLLMixin(SkorchSklearnMixin):
             return super().get_iterator(dataset, training=training)
         n = len(dataset)
         size = n if self.batch_size == -1 else self.batch_size
-        batches = [np.arange(start, min(start + size, n)) for start in range(0, n, size)]
+        # Slices, not index arrays: skorch turns an index array into a list, which
+        # scikit-learn's indexing then inspects element by element.
+        batches = [slice(start, min(start + size, n)) for start in range(0, n, size)]
         return DataLoader(dataset, batch_size=None, sampler=batches)
 
     def infer(self, x, **fit_params):
