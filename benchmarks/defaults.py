@@ -12,7 +12,7 @@ gain (geometric mean over data sets and seeds) whose mean score stays within a p
 * "mlp-regressor": the same MLP as a regressor (standardised target) on diabetes and
   on Friedman's first synthetic problem (1,000 samples), five seeds;
 * "cnn": the ResNet (16, 32 channels) on digits as 8x8 images in [0, 1], two seeds;
-* "rnn": the Elman RNN (64 LeakyReLU units, orthogonal recurrence) on four sequence
+* "rnn": the Elman RNN (64 ReLU units, orthogonal recurrence) on four sequence
   sets with their official splits: Japanese Vowels (12 channels, 7-29 steps),
   sktime's BasicMotions (6 x 100), ItalyPowerDemand (1 x 24) and GunPoint (1 x 150),
   the latter three read as sktime's numpy3D (``sequence_layout="nct"``), one seed.
@@ -134,7 +134,7 @@ STUDIES = {
         "seeds": [0],
         "grid": [(lam, C) for lam in (2.0**-6, 2.0**-4) for C in (1.0, 16.0)],
         "score": "accuracy",
-        "network": "Elman RNN, 64 LeakyReLU units, orthogonal recurrence",
+        "network": "Elman RNN, 64 ReLU units, orthogonal recurrence",
         "n_margin": 200,
     },
 }
