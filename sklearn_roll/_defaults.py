@@ -15,9 +15,19 @@ __all__ = ["DEFAULTS", "roll_weights"]
 
 DEFAULTS: dict[str, dict[str, tuple[float, float]]] = {
     # task -> module -> (lam, C)
-    "classifier": {"mlp": (1.0, 1.0), "cnn": (0.1, 1.0), "rnn": (0.0625, 16.0), "cnn1d": (0.1, 1.0)},
+    "classifier": {
+        "mlp": (1.0, 1.0),
+        "cnn": (0.1, 1.0),
+        "rnn": (0.0625, 16.0),
+        "cnn1d": (0.1, 1.0),
+    },
     # Only the MLP has a regression study; the others take their classifier's values.
-    "regressor": {"mlp": (16.0, 0.25), "cnn": (0.1, 1.0), "rnn": (0.0625, 16.0), "cnn1d": (0.1, 1.0)},
+    "regressor": {
+        "mlp": (16.0, 0.25),
+        "cnn": (0.1, 1.0),
+        "rnn": (0.0625, 16.0),
+        "cnn1d": (0.1, 1.0),
+    },
 }
 
 
