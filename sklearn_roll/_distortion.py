@@ -190,12 +190,12 @@ def _search(
     values = fitness(draws)
     expected = values.mean(axis=1)
 
-    # The best draws seed the search; when there are fewer draws than the population,
-    # repeating them lets mutation spread the copies out.
     def along(a: np.ndarray, index: np.ndarray) -> np.ndarray:
         """``a[i, index[i, j]]`` for points ``a`` of shape (c, k, ...)."""
         return np.take_along_axis(a, index.reshape(index.shape + (1,) * len(shape)), axis=1)
 
+    # The best draws seed the search; when there are fewer draws than the population,
+    # repeating them lets mutation spread the copies out.
     order = np.argsort(-values, axis=1, kind="stable")[:, np.arange(population) % n_uniform]
     pop, fit = along(draws, order), np.take_along_axis(values, order, axis=1)
     n_elite = max(1, int(population * ELITE_FRACTION))
@@ -206,8 +206,8 @@ def _search(
         first, second = along(pop, parents[..., 0]), along(pop, parents[..., 1])
         children = np.where(rng.rand(*first.shape) < 0.5, first, second)
         # Mutation moves a coordinate to a face of the box, lower or upper at random:
-        # the faces are the points farthest from x along that coordinate, past the
-        # most region boundaries, and at equal evaluations this finds larger
+        # a face is as far from x as that coordinate can go, where the point tends to
+        # lie past more region boundaries; at equal evaluations this finds larger
         # distortions than redrawing the coordinate uniformly.
         mutate = rng.rand(*children.shape) < rate
         faces = np.where(rng.rand(*children.shape) < 0.5, lo, hi)
