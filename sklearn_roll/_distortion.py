@@ -60,17 +60,26 @@ def view_gradients(
     -------
     callable
         ``gradients(points, owners)``: the gradient at each point of output
-        ``indices[owners]``, in the caller's output units.
+        ``indices[owners]``, in the caller's output units; with the view's
+        ``features``, 0 at the coordinates that do not move.
     """
     exact = fitted.exact_module()
     module = exact if precision == "float64" else fitted.module
     scale = None if fitted.output_scale is None else np.asarray(fitted.output_scale)
+    fixed = None
+    if fitted.features is not None:
+        fixed = np.ones(int(np.prod(fitted.x.shape[1:])), dtype=bool)
+        fixed[fitted.features] = False
 
     def gradients(points: np.ndarray, owners: np.ndarray) -> np.ndarray:
         picked = indices[owners]
         grads = input_gradients(module, exact, points, picked, batch_size)
         if scale is not None:
             grads *= scale[picked].reshape((-1,) + (1,) * (grads.ndim - 1))
+        if fixed is not None:
+            # The explanation concerns the moving coordinates; the others (columns held
+            # fixed, or a pipeline's offset for them) are not part of it.
+            grads.reshape(len(grads), -1)[:, fixed] = 0.0
         return grads
 
     return gradients

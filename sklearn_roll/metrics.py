@@ -319,6 +319,24 @@ def _domain(domain: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lower, upper
 
 
+def _box(
+    x: np.ndarray, radius: float, domain: Any, moving: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's l_inf ball within the domain, over the moving coordinates only.
+
+    The coordinates that do not move get a box of width 0 at their value.
+    """
+    if moving is None:
+        lower, upper = _domain(domain, x)
+        return np.maximum(x - radius, lower), np.minimum(x + radius, upper)
+    flat = x.reshape(len(x), -1)
+    lower, upper = _domain(domain, flat[:, moving])
+    lo, hi = flat.copy(), flat.copy()
+    lo[:, moving] = np.maximum(flat[:, moving] - radius, lower)
+    hi[:, moving] = np.minimum(flat[:, moving] + radius, upper)
+    return lo.reshape(x.shape), hi.reshape(x.shape)
+
+
 @fill_doc
 def gradient_distortion(
     estimator: Any,
@@ -327,6 +345,7 @@ def gradient_distortion(
     *,
     target: Any = None,
     domain: Any = None,
+    features: Any = None,
     n_uniform: int = 100,
     population: int = 24,
     generations: int = 20,
@@ -363,7 +382,11 @@ def gradient_distortion(
         Bounds of the valid inputs, for instance ``(0, 1)`` for pixel intensities,
         each a number or one value per feature (shaped like one sample, or
         flattened); the ball is intersected with them. Every sample must lie inside,
-        and lower < upper everywhere. None: no bounds.
+        and lower < upper everywhere. None: no bounds. With ``features``, the values
+        are per moving column, in their sorted order.
+    %(features)s
+        The ball lies in the subspace of these columns, and the distortion is the
+        l1 change of the gradient entries of these columns.
     n_uniform : int >= 1, default=100
         Uniform draws per sample for the expectation.
     population : int >= 2, default=24
@@ -419,14 +442,14 @@ def gradient_distortion(
     generations = _count(generations, "generations", 0)
     check_precision(precision)
     rng = check_random_state(random_state)
-    fitted = view(estimator, X)
-    x = fitted.x
-    if x.ndim == 3:
+    fitted = view(estimator, X, features)
+    if fitted.x.ndim == 3:
         raise ValueError(
             "gradient_distortion takes tabular samples or images, not sequences: a ball "
             "around a sequence of varying length has no natural definition here."
         )
-    lower, upper = _domain(domain, x)
+    x = fitted.x.astype(np.float64)
+    lower, upper = _box(x, radius, domain, fitted.features)
     check_parameters(fitted.module)
     exact = fitted.exact_module()
     module = exact if precision == "float64" else fitted.module
@@ -439,12 +462,11 @@ def gradient_distortion(
             rows = batch_rows(module, x, None, 1)
             indices = forward(module, x, rows, lambda out: out.argmax(dim=1)).astype(np.int64)
         gradients = view_gradients(fitted, indices, precision, batch_size)
-        x64 = x.astype(np.float64)
         expected, maximum = distortions(
             gradients,
-            x64,
-            np.maximum(x64 - radius, lower),
-            np.minimum(x64 + radius, upper),
+            x,
+            lower,
+            upper,
             n_uniform,
             population,
             generations,

@@ -1,11 +1,12 @@
 """gradient_distortion: zero inside linear regions, sound search, seeding, domains, pipelines."""
 
 import numpy as np
+import pandas as pd
 import pytest
-from sklearn.compose import TransformedTargetRegressor
+from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.datasets import load_iris
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 import sklearn_roll._distortion as distortion_module
 from sklearn_roll import ROLLClassifier, ROLLRegressor, certified_margin
@@ -134,6 +135,70 @@ def test_an_explicit_target_is_explained_over_the_whole_ball(clf, iris):
     np.testing.assert_array_equal(default.maximum, named.maximum)
 
 
+def test_features_naming_every_column_change_nothing(clf, iris):
+    X = iris[0][:8]
+    every = gradient_distortion(clf, X, 1.0, features=[0, 1, 2, 3], random_state=0, **SMALL)
+    default = gradient_distortion(clf, X, 1.0, random_state=0, **SMALL)
+    np.testing.assert_array_equal(every.expected, default.expected)
+    np.testing.assert_array_equal(every.maximum, default.maximum)
+
+
+def test_features_hold_the_other_columns_fixed(clf, iris, monkeypatch):
+    X = iris[0][:3]
+    seen = []
+    real = distortion_module.input_gradients
+
+    def spy(module, exact, points, *args):
+        seen.append(np.array(points, dtype=np.float64))
+        return real(module, exact, points, *args)
+
+    monkeypatch.setattr(distortion_module, "input_gradients", spy)
+    domain = ([-9.0, -9.0], [9.0, 9.0])
+    result = gradient_distortion(
+        clf, X, 1.0, features=[2, 3], domain=domain, random_state=0, **SMALL
+    )
+    points = np.concatenate(seen)
+    assert np.isin(points[:, 0], X[:, 0]).all() and np.isin(points[:, 1], X[:, 1]).all()
+    assert (result.maximum >= result.expected).all()
+
+
+def test_features_count_the_moving_columns_gradient_only(clf, iris):
+    X = iris[0][:6]
+    eps = 1.0
+    result = gradient_distortion(clf, X, eps, features=[2, 3], random_state=0, **SMALL)
+    labels = clf.predict(X)
+
+    def gradients(points, owners):
+        grads = explain(clf, points, target=labels[owners], precision="float64")
+        grads[:, :2] = 0.0
+        return grads
+
+    lower, upper = X.copy(), X.copy()
+    lower[:, 2:] -= eps
+    upper[:, 2:] += eps
+    expected, maximum = distortions(
+        gradients, X, lower, upper, **SMALL, rng=np.random.RandomState(0)
+    )
+    np.testing.assert_allclose(result.expected, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(result.maximum, maximum, rtol=1e-12, atol=1e-12)
+    assert (maximum > 0).any()
+
+
+def test_features_through_a_one_hot_pipeline():
+    X, y = load_iris(return_X_y=True, as_frame=True)
+    X = X.assign(kind=np.where(np.arange(len(X)) % 2, "a", "b"))
+    numeric = list(X.columns[:4])
+    pipe = make_pipeline(
+        ColumnTransformer([("num", StandardScaler(), numeric), ("cat", OneHotEncoder(), ["kind"])]),
+        ROLLClassifier(hidden_layer_sizes=(8,), max_epochs=3, random_state=0),
+    ).fit(X, y)
+    result = gradient_distortion(pipe, X[:4], 0.5, features=numeric, random_state=0, **SMALL)
+    assert isinstance(X, pd.DataFrame) and result.maximum.shape == (4,)
+    assert (result.maximum >= result.expected).all()
+    with pytest.raises(ValueError, match="kind"):
+        gradient_distortion(pipe, X[:4], 0.5, features=["kind"])
+
+
 @pytest.mark.parametrize("flat", [False, True])
 def test_images_with_a_pixel_domain(digits, flat):
     X, y = digits
@@ -180,6 +245,8 @@ def test_progress_bar(clf, iris, capsys):
         ({"precision": "float16"}, "precision"),
         ({"target": "no such class"}, "not among classes_"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"features": [7]}, "features has the column index 7"),
+        ({"features": [1], "domain": ([0, 0], 9)}, "one value per feature, of shape \\(1,\\)"),
     ],
 )
 def test_bad_input_is_refused_with_a_message_naming_it(clf, iris, kwargs, message):
