@@ -53,6 +53,14 @@ def test_more_generations_never_lower_the_maximum(clf, iris):
     assert (long.maximum >= short.maximum).all()
 
 
+def test_fewer_draws_than_the_population_still_seed_the_search(clf, iris):
+    X = iris[0][:10]
+    few = {"n_uniform": 2, "population": 6, "generations": 3}
+    result = gradient_distortion(clf, X, 1.0, random_state=0, **few)
+    assert (result.maximum >= result.expected).all()
+    assert (result.maximum > 0).any()
+
+
 def test_the_same_seed_gives_the_same_result_and_another_seed_another(clf, iris):
     X = iris[0][:10]
     first = gradient_distortion(clf, X, 1.0, random_state=0, **SMALL)
