@@ -30,6 +30,7 @@ from ._margins import (
     directional,
     dual_order,
     norm_reducer,
+    pair_errors,
 )
 from ._pruning import ChainPruner
 from ._recording import first_output
@@ -411,12 +412,9 @@ class Evaluator:
             if columns is not None:
                 jacobian = jacobian[:, :, columns]
             gap, norm, y, others = decision_terms(jacobian, record.output, q)
-            pick = y[:, None]
-            errors = output_errors.norms(q, columns)
-            # The rows of the differences err by at most the sum of both rows' errors;
-            # forming a difference rounds once more.
-            slope_error = errors.gather(1, pick) + errors
-            gap_error = allowance.output.gather(1, pick) + allowance.output
+            # Forming a difference of rows rounds once more.
+            slope_error = pair_errors(output_errors.norms(q, columns), y)
+            gap_error = pair_errors(allowance.output, y)
             blocks.append(
                 Block(gap - gap_error, (norm + slope_error) * (1 + gamma64(3)) * grow, others)
             )
@@ -559,17 +557,13 @@ def _gram_blocks(gram: RecurrentGram, allowance: RecurrentAllowance, decision: b
     ]
     if decision:
         output = gram.output
+        gap, y, others = decision_gaps(output)
         rows = torch.arange(output.shape[0])
-        y = output.argmax(dim=1)
         diagonal = gram.output_gram.diagonal(dim1=1, dim2=2)
         # ||grad f_y - grad f_k||^2 = G_yy + G_kk - 2 G_yk.
         square = diagonal[rows, y][:, None] + diagonal - 2 * gram.output_gram[rows, y]
         norm = (square.clamp(min=0) + gram.output_gap_error[rows, y]).sqrt() * grow
-        gap = output[rows, y][:, None] - output
-        gap_error = allowance.output[rows, y][:, None] + allowance.output
-        others = torch.ones_like(gap, dtype=torch.bool)
-        others[rows, y] = False
-        blocks.append(Block(gap - gap_error, norm, others))
+        blocks.append(Block(gap - pair_errors(allowance.output, y), norm, others))
     return blocks
 
 
@@ -669,7 +663,7 @@ def _sure_gaps(
     if not decision:
         return None
     gap, y, others = decision_gaps(exact.output)
-    return gap - allowance.output.gather(1, y[:, None]) - allowance.output, others
+    return gap - pair_errors(allowance.output, y), others
 
 
 def _input_gradient(module: nn.Module, x: Tensor, picked: np.ndarray | None) -> Tensor:

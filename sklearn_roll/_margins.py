@@ -33,6 +33,7 @@ __all__ = [
     "crossing",
     "decision_gaps",
     "decision_terms",
+    "pair_errors",
     "directional",
     "dual_order",
     "min_ratio",
@@ -230,6 +231,15 @@ def axis_bounds(
         up = torch.minimum(up, rise.amin(dim=1))
         down = torch.minimum(down, fall.amin(dim=1))
     return -down, up
+
+
+def pair_errors(errors: Tensor, predicted: Tensor) -> Tensor:
+    """Per class k, a bound on the error of (row of ``predicted``) minus (row k).
+
+    The sum of both rows' bounds ``errors`` (n, K): the difference of two values errs
+    by at most the sum of their errors.
+    """
+    return errors.gather(1, predicted[:, None]) + errors
 
 
 def decision_gaps(output: Tensor) -> tuple[Tensor, Tensor, Tensor]:

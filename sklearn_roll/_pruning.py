@@ -50,7 +50,7 @@ from torch import Tensor
 
 from ._chain import Chain, chain_vjp
 from ._linearization import Linearization, Magnitudes
-from ._margins import decision_gaps, min_ratio, ratios
+from ._margins import decision_gaps, min_ratio, pair_errors, ratios
 from ._recording import frozen_slopes
 from ._rounding import OVERFLOW, gamma64
 
@@ -266,10 +266,8 @@ class ChainPruner:
             blocks.append((i, num, err, bound, None))
         if decision:
             gap, predicted, others = decision_gaps(exact.output)
-            pick = predicted[:, None]
-            num = (gap - allowance.output.gather(1, pick) - allowance.output).clamp(min=0)
-            eg = allowance.output_tangents[:, :, 0]
-            err = eg.gather(1, pick) + eg
+            num = (gap - pair_errors(allowance.output, predicted)).clamp(min=0)
+            err = pair_errors(allowance.output_tangents[:, :, 0], predicted)
             layer = len(self.weights) - 1
             diff = self.weights[layer][predicted][:, None, :] - self.weights[layer][None]
             if layer:

@@ -272,15 +272,7 @@ class Recorder(TorchFunctionMode):
         return z, slope, inplace
 
     def _activation(self, func, name, position, inplace, args, kwargs):
-        z = args[0] if args else kwargs["input"]
-        slope = 0.0
-        if position is not None:
-            given = args[position] if len(args) > position else kwargs.get("negative_slope", 0.01)
-            slope = float(given)
-        where = 1 if position is None else position + 1
-        inplace = inplace or bool(
-            args[where] if len(args) > where else kwargs.get("inplace", False)
-        )
+        z, slope, inplace = self._activation_arguments(position, inplace, args, kwargs)
         if z.dim() == 0 or z.shape[0] != self._n:
             self._refuse(
                 name,

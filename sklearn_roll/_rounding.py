@@ -71,7 +71,15 @@ from torch import Tensor, nn
 
 from ._chain import Chain, chain_vjp
 from ._linearization import AxisTangents, Linearization, Magnitudes
-from ._margins import Block, decision_terms, dual_order, min_ratio, norm_reducer, ratios
+from ._margins import (
+    Block,
+    decision_terms,
+    dual_order,
+    min_ratio,
+    norm_reducer,
+    pair_errors,
+    ratios,
+)
 from ._recording import frozen_slopes
 from .linearize import linearize, magnitudes
 
@@ -202,10 +210,8 @@ def _decision_block(
     gap: Tensor, norm: Tensor, y: Tensor, others: Tensor, errors: Magnitudes, grow: float
 ) -> Block:
     """The logit gaps and their gradients' norms, with both logits' rounding allowances."""
-    pick = y[:, None]
-    gap_error = errors.output.gather(1, pick) + errors.output
-    slope_error = errors.output_tangents[:, :, 0]
-    slope_error = slope_error.gather(1, pick) + slope_error
+    gap_error = pair_errors(errors.output, y)
+    slope_error = pair_errors(errors.output_tangents[:, :, 0], y)
     return Block(gap - gap_error, (norm + slope_error) * grow, others)
 
 
@@ -469,7 +475,7 @@ class Float32Chain:
             pick = y[:, None]
             # The rows of the differences err by at most the sum of both rows' errors.
             error = errors[-1].gather(1, pick) + errors[-1] + basis[-1].gather(1, pick) + basis[-1]
-            gap_error = allowance.output.gather(1, pick) + allowance.output
+            gap_error = pair_errors(allowance.output, y)
             exact_norms = self._exact_norms(
                 patterns, len(patterns), q, allowance.output_roundings, y
             )
