@@ -115,7 +115,12 @@ def _dtype(module: nn.Module) -> torch.dtype:
 
 
 def batch_size(
-    module: nn.Module, x: np.ndarray, requested: int | None, k: int, per_input: int = 0
+    module: nn.Module,
+    x: np.ndarray,
+    requested: int | None,
+    k: int,
+    per_input: int = 0,
+    units: tuple[int, int] | None = None,
 ) -> int:
     """Samples per batch so that the tangent tensors stay within the memory budget.
 
@@ -136,6 +141,9 @@ def batch_size(
         Values per unit.
     per_input : int, default=0
         Values per input coordinate.
+    units : tuple of (int, int), or None, default=None
+        Units and outputs per example, where the caller knows them; None counts
+        them by recording one example.
 
     Returns
     -------
@@ -155,12 +163,12 @@ def batch_size(
     if len(x) == 0:
         return 1
     dtype = _dtype(module)
-    with torch.no_grad():
-        lin = record(module, torch.from_numpy(x[:1]).to(dtype))
+    if units is None:
+        with torch.no_grad():
+            lin = record(module, torch.from_numpy(x[:1]).to(dtype))
+        units = (lin.n_units, lin.output.shape[1])
     itemsize = torch.finfo(dtype).bits // 8
-    per_example = itemsize * (
-        max(k, 1) * (lin.n_units + lin.output.shape[1]) + per_input * math.prod(x.shape[1:])
-    )
+    per_example = itemsize * (max(k, 1) * sum(units) + per_input * math.prod(x.shape[1:]))
     if requested is None:
         return int(max(1, min(len(x), MEMORY_BUDGET // per_example)))
     cap = _memory_cap()
@@ -424,7 +432,11 @@ class Evaluator:
         self, requested: int | None, k: int, progress: bool
     ) -> Iterator[tuple[slice, Tensor, RecurrentAllowance]]:
         """(rows, float64 points, rounding allowance) batch by batch, without autograd."""
-        size = batch_size(self.exact, self.x, requested, k)
+        # A step of every layer holds its units, whatever the input's length.
+        module = self.exact
+        hidden = sum(v.out_features for v in module.inputs)
+        units = (self.x.shape[1] * hidden, module.out.out_features)
+        size = batch_size(module, self.x, requested, k, units=units)
         with torch.no_grad():
             for rows in batches(len(self.x), size, progress):
                 xb = torch.from_numpy(self.x[rows]).double()

@@ -417,10 +417,8 @@ def _local_rounding(
     """
     T, _ = run.sub_updates
     a = run.gain
-    bounds = []
-    for block, (x, z, y) in enumerate(zip(before, own, after)):
-        layer, t = divmod(block, T)
-        W = run.recurrent[layer]
+    bounds: list[Tensor] = []
+    for layer, W in enumerate(run.recurrent):
         inner = torch.linalg.matrix_norm(W).square()
         m = W.shape[1]
         drive_norm = 0.0
@@ -431,12 +429,15 @@ def _local_rounding(
         elif drive:
             channels = run.inputs[0].shape[1]
             drive_norm = torch.linalg.matrix_norm(run.inputs[0]).square()
+        # The layer's T sub-updates at once, as (n, T).
+        steps = slice(layer * T, (layer + 1) * T)
+        x, z, y = (torch.stack(norms[steps], dim=1) for norms in (before, own, after))
         phi = gamma64(2 * (m + channels + 8)) * (
             a * a * (6 * inner * x + 2 * z + 6 * drive_norm) + 4 * a * inner.sqrt() * x
         )
         if inject:
             phi = phi + _U * y
-        bounds.append(torch.where(run.valid[:, t], phi, 0.0))
+        bounds.extend(torch.where(run.valid, phi, 0.0).unbind(dim=1))
     return bounds
 
 
@@ -609,19 +610,17 @@ def _forward_rounding(run: _Unrolled) -> tuple[list[Tensor], list[Tensor]]:
         magnitude = below.abs() @ V.abs().T + previous.abs() @ W.abs().T
         if b is not None:
             magnitude = magnitude + b.abs()
-        g = gamma64(2 * (V.shape[1] + W.shape[1] + 1) + 4)
-        for t in range(T):
-            block = layer * T + t
-            eta = g * magnitude[:, t]
+        # The layer's T steps at once: (n, T, H).
+        eta = gamma64(2 * (V.shape[1] + W.shape[1] + 1) + 4) * magnitude
+        steps = slice(layer * T, (layer + 1) * T)
+        step = eta
+        if run.negative_slope not in (0.0, 1.0):
             # Multiplying by a slope other than 0 or 1 rounds once: u |z| before D.
-            if run.negative_slope not in (0.0, 1.0):
-                off = run.slopes[block] != 1
-                step = eta + _U * run.pre[block].abs() * off
-            else:
-                step = eta
-            xi = a * a * step.square().sum(dim=1)
-            injected.append(torch.where(run.valid[:, t], xi, 0.0))
-            local.append(eta)
+            off = torch.stack(run.slopes[steps], dim=1) != 1
+            step = eta + _U * torch.stack(run.pre[steps], dim=1).abs() * off
+        xi = a * a * step.square().sum(dim=2)
+        injected.extend(torch.where(run.valid, xi, 0.0).unbind(dim=1))
+        local.extend(eta.unbind(dim=1))
         below = states
     return injected, local
 
