@@ -1,7 +1,7 @@
 """How the estimators' defaults were chosen: a small study per architecture and task.
 
-For each built-in architecture it trains the default network (Adam lr 1e-3, batch 64,
-50 epochs) with plain training (lam=0) and with ROLL over a grid of lam and C, and
+For each built-in architecture it trains the default network (Adam at the
+architecture's default learning rate and epochs, batch 64) with plain training (lam=0) and with ROLL over a grid of lam and C, and
 reports the mean test score and the median certified l2 margin relative to plain
 training. The default of each study is the setting with the largest median-margin
 gain (geometric mean over data sets and seeds) whose mean score stays within a point
@@ -17,8 +17,9 @@ gain (geometric mean over data sets and seeds) whose mean score stays within a p
   sktime's BasicMotions (6 x 100), ItalyPowerDemand (1 x 24) and GunPoint (1 x 150),
   the latter three read as sktime's numpy3D (``sequence_layout="nct"``), one seed.
 
-    python benchmarks/defaults.py            # full study (about two hours on 2 cores)
-    python benchmarks/defaults.py --quick    # one data set, one seed, small grids
+    python benchmarks/defaults.py               # every study (hours on 2 cores)
+    python benchmarks/defaults.py --study rnn   # one study; the others' results are kept
+    python benchmarks/defaults.py --quick       # one data set, one seed, small grids
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from sklearn.preprocessing import StandardScaler
 import sklearn_roll
 from _common import RESULTS, budget, markdown_table, write
 from sklearn_roll import ROLLClassifier, ROLLRegressor
-from sklearn_roll._defaults import DEFAULTS
+from sklearn_roll._defaults import DEFAULTS, training_settings
 from sklearn_roll.datasets import load_japanese_vowels
 
 # A point of accuracy, or of R^2.
@@ -132,7 +133,7 @@ STUDIES = {
             "gunpoint": _sktime("gunpoint"),
         },
         "seeds": [0],
-        "grid": [(lam, C) for lam in (2.0**-6, 2.0**-4) for C in (1.0, 16.0)],
+        "grid": [(lam, C) for lam in (2.0**-6, 2.0**-5, 2.0**-4) for C in (4.0, 16.0)],
         "score": "accuracy",
         "network": "Elman RNN, 64 ReLU units, orthogonal recurrence",
         "n_margin": 200,
@@ -164,8 +165,9 @@ def evaluate(study, split, seed, lam, C, max_epochs, n_margin):
     """Test score and median certified l2 margin of one fit, cached by what shapes it."""
     Xtr, Xte, ytr, yte, *layout = split
     params = {"sequence_layout": layout[0]} if layout else {}
+    training = training_settings(study["module"], None, max_epochs)
     key = joblib.hash(
-        (study["module"], study["task"], Xtr, ytr, Xte, seed, lam, C, max_epochs, n_margin)
+        (study["module"], study["task"], Xtr, ytr, Xte, seed, lam, C, training, n_margin)
         + tuple(params.items())
     )
     cache = RESULTS.parent / ".cache" / "defaults" / f"{key}_{sklearn_roll.__version__}.json"
@@ -187,7 +189,7 @@ def run(name, study, quick):
     datasets = list(study["datasets"])[:1] if quick else list(study["datasets"])
     seeds = study["seeds"][:1] if quick else study["seeds"]
     grid = study["grid"][:1] if quick else study["grid"]
-    max_epochs = budget(quick, 50, 5, 1)
+    max_epochs = budget(quick, None, 5, 1)
     results = {}
     for dataset in datasets:
         data = study["datasets"][dataset]()
@@ -198,7 +200,7 @@ def run(name, study, quick):
                 score, margin = evaluate(study, split, seed, lam, C, max_epochs, n_margin)
                 results.setdefault((lam, C), []).append((dataset, seed, score, margin))
                 print(name, dataset, seed, lam, C, f"{score:.3f}", f"{margin:.3g}", flush=True)
-    return results, datasets, seeds, max_epochs
+    return results, datasets, seeds, training_settings(study["module"], None, max_epochs)
 
 
 def summarise(results):
@@ -232,65 +234,80 @@ def choose(rows):
     return max(eligible, key=lambda r: r["geometric_mean_margin_ratio"])
 
 
-def main(quick: bool, only: list[str] | None = None, write_results: bool = True) -> None:
+def section(name: str, entry: dict) -> str:
+    """The Markdown of one study's results."""
+    study = STUDIES[name]
+    default = tuple(DEFAULTS[study["task"]][study["module"]])
+    chosen = None if entry["chosen"] is None else tuple(entry["chosen"])
+    table = markdown_table(
+        [
+            "lam",
+            "C",
+            f"mean test {study['score']}",
+            "change vs lam=0 (points)",
+            "median-margin ratio (geometric mean)",
+            "smallest ratio",
+            "selection",
+        ],
+        [
+            [
+                r["lam"],
+                r["C"],
+                f"{r['mean_score']:.3f}",
+                f"{-100 * r['mean_score_drop'] + 0.0:+.1f}",
+                f"{r['geometric_mean_margin_ratio']:.2f}x",
+                f"{r['min_margin_ratio']:.2f}x",
+                ("chosen" if (r["lam"], r["C"]) == chosen else "")
+                + (" (default)" if (r["lam"], r["C"]) == default else ""),
+            ]
+            for r in entry["settings"]
+        ],
+    )
+    verdict = (
+        "no ROLL setting stays within a point of plain training"
+        if chosen is None
+        else f"chosen: lam={chosen[0]:g}, C={chosen[1]:g}"
+    )
+    return (
+        f"**{name}**: {study['network']}; {', '.join(entry['datasets'])}; seeds "
+        f"{entry['seeds']}; Adam lr {entry['lr']:g}, {entry['max_epochs']} epochs\n\n{table}"
+        f"\n\n{verdict}; the package's default is lam={default[0]:g}, C={default[1]:g}.\n"
+    )
+
+
+def main(quick: bool, only: list[str] | None = None) -> None:
+    """Run the studies (``only`` these, the others' results kept from the last full run)."""
     wall = time.perf_counter()
     torch.set_num_threads(1)
-    sections, data = [], {"studies": {}}
+    studies = {}
+    previous = RESULTS / "defaults.json"
+    if only and not quick and previous.exists():
+        studies = json.loads(previous.read_text())["studies"]
+        for entry in studies.values():
+            # Results written before the learning rate was recorded ran at 1e-3.
+            entry.setdefault("lr", 1e-3)
     for name, study in STUDIES.items():
         if only and name not in only:
             continue
-        results, datasets, seeds, max_epochs = run(name, study, quick)
+        results, datasets, seeds, (lr, max_epochs) = run(name, study, quick)
         rows = summarise(results)
         chosen = choose(rows)
-        default = DEFAULTS[study["task"]][study["module"]]
-        table = markdown_table(
-            [
-                "lam",
-                "C",
-                f"mean test {study['score']}",
-                "change vs lam=0 (points)",
-                "median-margin ratio (geometric mean)",
-                "smallest ratio",
-                "selection",
-            ],
-            [
-                [
-                    r["lam"],
-                    r["C"],
-                    f"{r['mean_score']:.3f}",
-                    f"{-100 * r['mean_score_drop'] + 0.0:+.1f}",
-                    f"{r['geometric_mean_margin_ratio']:.2f}x",
-                    f"{r['min_margin_ratio']:.2f}x",
-                    ("chosen" if r is chosen else "")
-                    + (" (default)" if (r["lam"], r["C"]) == default else ""),
-                ]
-                for r in rows
-            ],
-        )
-        verdict = (
-            "no ROLL setting stays within a point of plain training"
-            if chosen is None
-            else f"chosen: lam={chosen['lam']:g}, C={chosen['C']:g}"
-        )
-        sections.append(
-            f"**{name}**: {study['network']}; {', '.join(datasets)}; seeds {seeds}; "
-            f"{max_epochs} epochs\n\n{table}\n\n{verdict}; the package's default is "
-            f"lam={default[0]:g}, C={default[1]:g}.\n"
-        )
-        data["studies"][name] = {
+        studies[name] = {
             "task": study["task"],
             "module": study["module"],
             "datasets": datasets,
             "seeds": seeds,
+            "lr": lr,
             "max_epochs": max_epochs,
             "settings": rows,
             "chosen": None if chosen is None else [chosen["lam"], chosen["C"]],
-            "default": list(default),
+            "default": list(DEFAULTS[study["task"]][study["module"]]),
         }
-    data["wall_seconds"] = time.perf_counter() - wall
+    studies = {name: studies[name] for name in STUDIES if name in studies}
+    data = {"studies": studies, "wall_seconds": time.perf_counter() - wall}
     text = (
-        "# Choosing the defaults, per architecture: Adam lr 1e-3, batch 64\n\n"
-        + "\n".join(sections)
+        "# Choosing the defaults, per architecture: batch 64\n\n"
+        + "\n".join(section(name, entry) for name, entry in studies.items())
         + "\nChange is ROLL's mean test score minus plain training's, averaged over data "
         "sets and seeds, in points (0.01 of accuracy or R^2). Ratios compare the median "
         "certified l2 margin on the test split (standardised features; pixels in [0, 1]) "
@@ -298,8 +315,7 @@ def main(quick: bool, only: list[str] | None = None, write_results: bool = True)
         "training.\n"
     )
     print(text)
-    if write_results:
-        print(f"wrote {write('defaults', text, data, quick)} in {data['wall_seconds']:.0f} s")
+    print(f"wrote {write('defaults', text, data, quick)} in {data['wall_seconds']:.0f} s")
 
 
 if __name__ == "__main__":
@@ -309,7 +325,8 @@ if __name__ == "__main__":
         "--study",
         action="append",
         choices=list(STUDIES),
-        help="run only this study (repeatable); the results file is then not written",
+        help="run only this study (repeatable); the results keep the other studies' "
+        "figures from the last run",
     )
     args = parser.parse_args()
-    main(args.quick, args.study, write_results=args.study is None)
+    main(args.quick, args.study)

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Subset
 
 from . import _early_stopping, regions
 from ._adapter import Network
-from ._defaults import DEFAULTS, roll_weights
+from ._defaults import DEFAULTS, TRAINING, roll_weights, training_settings
 from ._docs import fill_doc
 from ._evaluation import check_parameters, forward
 from ._interrupt import LastFinishedEpoch
@@ -92,8 +92,8 @@ class _ROLLMixin(SkorchSklearnMixin):
         "n_threads": [Interval(Integral, 1, None, closed="left"), None],
         "criterion": [type, nn.Module, None],
         "optimizer": [callable],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither"), None],
+        "max_epochs": [Interval(Integral, 0, None, closed="left"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1})],
         "train_split": [callable, None],
         "verbose": ["verbose"],
@@ -142,8 +142,8 @@ class _ROLLMixin(SkorchSklearnMixin):
         n_threads=None,
         criterion=None,
         optimizer=torch.optim.Adam,
-        lr=1e-3,
-        max_epochs=50,
+        lr=None,
+        max_epochs=None,
         batch_size=64,
         train_split=None,
         verbose=0,
@@ -205,7 +205,24 @@ class _ROLLMixin(SkorchSklearnMixin):
         task = "classifier" if is_classifier(self) else "regressor"
         return roll_weights(task, self.module, self.lam, self.C)
 
+    def _training_settings(self) -> tuple[float, int]:
+        """``(lr, max_epochs)``: the parameters, or the architecture's defaults."""
+        return training_settings(self.module, self.lr, self.max_epochs)
+
     # ------------------------------------------------------------ skorch hooks
+
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        """skorch's optimizer arguments, with the architecture's learning rate for None."""
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        if kwargs.get("lr") is None:
+            kwargs["lr"] = self._training_settings()[0]
+        return args, kwargs
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        """skorch's loop, for the architecture's number of epochs when none is set."""
+        if epochs is None:
+            epochs = self._training_settings()[1]
+        return super().fit_loop(X, y, epochs=epochs, **fit_params)
 
     def _data_sizes(self) -> dict:
         """Sizes the data fixed at fit, under the names modules take them by."""
@@ -789,10 +806,12 @@ _COMMON_DOC = """
         losses with the sample weights, and adds the ROLL penalty.
     optimizer : torch optimizer class, default=torch.optim.Adam
         The optimizer; its parameters go as ``optimizer__*``.
-    lr : float, default=1e-3
-        Learning rate.
-    max_epochs : int, default=50
-        Epochs per call of ``fit`` (and of ``partial_fit``).
+    lr : float or None, default=None
+        Learning rate; None takes the architecture's (%(lr_defaults)s; a user module
+        takes "mlp"'s).
+    max_epochs : int or None, default=None
+        Epochs per call of ``fit`` (and of ``partial_fit``); None takes the
+        architecture's (%(epoch_defaults)s).
     batch_size : int, default=64
         Samples per training batch (-1: all of them); also the batch size of
         ``predict``.
@@ -878,6 +897,8 @@ def _estimator_doc(summary: str, task: str, attributes: str, examples: str, **fi
         f'({lam:g}, {C:g}) for "{module}"' for module, (lam, C) in DEFAULTS[task].items()
     )
     fields["defaults"] = defaults
+    fields["lr_defaults"] = ", ".join(f'{lr:g} for "{m}"' for m, (lr, _) in TRAINING.items())
+    fields["epoch_defaults"] = ", ".join(f'{e} for "{m}"' for m, (_, e) in TRAINING.items())
     text = summary + _COMMON_DOC + attributes + _FITTED_DOC + _NOTES_DOC + examples
     for key, value in fields.items():
         text = text.replace(f"%({key})s", value)

@@ -287,6 +287,24 @@ def test_lam_none_takes_the_architectures_default(wine, monkeypatch):
     np.testing.assert_array_equal(plain.predict_proba(X), lam_zero.predict_proba(X))
 
 
+def test_lr_and_max_epochs_none_take_the_architectures_defaults(wine):
+    X, y = wine[0][::4], wine[1][::4]
+    assert ROLLClassifier().lr is None and ROLLClassifier().max_epochs is None
+    small = {"hidden_layer_sizes": (4,), "lam": 0.0, "random_state": 0}
+    mlp = ROLLClassifier(**small).fit(X, y)
+    assert len(mlp.history_) == 50 and mlp.optimizer_.param_groups[0]["lr"] == 1e-3
+    sequences = X[:, :12].reshape(-1, 12, 1)
+    rnn = ROLLClassifier("rnn", **small).fit(sequences, y)
+    assert len(rnn.history_) == 100 and rnn.optimizer_.param_groups[0]["lr"] == 3e-3
+    rnn.partial_fit(sequences, y)
+    assert len(rnn.history_) == 200
+    explicit = ROLLClassifier("rnn", lr=0.02, max_epochs=2, **small).fit(sequences, y)
+    assert len(explicit.history_) == 2 and explicit.optimizer_.param_groups[0]["lr"] == 0.02
+    prefixed = ROLLClassifier("rnn", optimizer__lr=0.05, max_epochs=1, **small).fit(sequences, y)
+    assert prefixed.optimizer_.param_groups[0]["lr"] == 0.05
+    assert '0.003 for "rnn"' in ROLLClassifier.__doc__ and '100 for "rnn"' in ROLLClassifier.__doc__
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_cuda_device_without_a_gpu_is_refused(wine):
     X, y = wine
