@@ -45,7 +45,7 @@ from ._sklearn_compat import SkorchSklearnMixin
 from ._validation import check_input
 from ._weights import check_sample_weight, normalized, per_sample_class_weight, standardization
 from .linearize import check_supported, float64_copy
-from .loss import APPROX_METHODS, roll_penalty
+from .loss import APPROX_METHODS, _penalty_and_output
 from .nn import MLP, ConvNet1d, ElmanRNN, ResNet
 from .nn._activation import ACTIVATIONS
 
@@ -345,6 +345,39 @@ class _ROLLMixin(SkorchSklearnMixin):
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """Weighted task loss plus ``lam`` times the weighted ROLL penalty of the batch."""
         x, weight = _inputs(X)
+        loss = self._task_loss(y_pred, y_true, x, weight, training)
+        lam, _ = self._roll_weights()
+        if lam == 0 or x is None:
+            return loss
+        return loss + lam * self._penalty(x, weight)[0]
+
+    def train_step_single(self, batch, **fit_params):
+        """skorch's training step, running the network forward once with the ROLL loss.
+
+        Where the penalty's linearized forward pass computes the output (every path
+        but the closed form of shallow chains), the task loss reads that output
+        instead of running the network again. Networks with normalisation layers,
+        whose penalty holds the batch statistics constant, and forward arguments in
+        ``fit_params`` take skorch's step.
+        """
+        Xi, yi = unpack_data(batch)
+        x, weight = _inputs(Xi)
+        lam, _ = self._roll_weights()
+        if lam == 0 or x is None or fit_params or self._normalised():
+            return super().train_step_single(batch, **fit_params)
+        self._set_training(True)
+        penalty, y_pred = self._penalty(x, weight)
+        if y_pred is None:
+            y_pred = self.infer(Xi)
+        loss = self._task_loss(y_pred, yi, x, weight, True) + lam * penalty
+        loss.backward()
+        return {"loss": loss, "y_pred": y_pred}
+
+    def _normalised(self) -> bool:
+        return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in self.module_.modules())
+
+    def _task_loss(self, y_pred, y_true, x, weight, training: bool):
+        """The criterion's per-example losses, averaged with the sample weights, recorded."""
         if weight is not None:
             weight = to_tensor(weight, device=self.device)
         losses = super().get_loss(y_pred, y_true, X=x, training=training)
@@ -355,19 +388,20 @@ class _ROLLMixin(SkorchSklearnMixin):
             )
         loss = _weighted_mean(losses.reshape(len(losses), -1).mean(dim=1), weight)
         self._record_batch(f"{'train' if training else 'valid'}_task_loss", loss.item())
-        lam, C = self._roll_weights()
-        if lam == 0 or x is None:
-            return loss
-        penalty = roll_penalty(
+        return loss
+
+    def _penalty(self, x, weight):
+        """The batch's ROLL penalty, and the output its forward pass computed (or None)."""
+        _, C = self._roll_weights()
+        return _penalty_and_output(
             self.module_,
             to_tensor(x, device=self.device),
             C=C,
             gamma=self.gamma,
             approx=self.approx,
             approx_method=self.approx_method,
-            sample_weight=weight,
+            sample_weight=None if weight is None else to_tensor(weight, device=self.device),
         )
-        return loss + lam * penalty
 
     def _record_batch(self, key: str, value: float) -> None:
         # get_loss also serves callers outside the training loop, with no batch to record.

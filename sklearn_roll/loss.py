@@ -125,28 +125,55 @@ def roll_penalty(
     statistics; the running statistics are not updated by the penalty. Certificates
     run in eval mode, where BatchNorm is affine, so this choice does not affect them.
     """
+    return _penalty_and_output(
+        module,
+        x,
+        C=C,
+        gamma=gamma,
+        approx=approx,
+        approx_method=approx_method,
+        sample_weight=sample_weight,
+    )[0]
+
+
+def _penalty_and_output(
+    module: nn.Module,
+    x: Tensor,
+    *,
+    C: float,
+    gamma: float = 100.0,
+    approx: int | None = None,
+    approx_method: str = "projections",
+    sample_weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`roll_penalty`, and the module's output on x where its forward pass computed it.
+
+    The output (None for the closed form of shallow chains, which stops at the
+    hidden units) carries the same graph as the module's own forward pass, so a task
+    loss may read it instead of running the network again.
+    """
     if approx is not None and gamma != 100:
         raise ValueError("approx requires gamma=100: the estimate covers the sum over all units.")
     n = x.shape[0]
     if approx is None and gamma == 100:
         shallow = _shallow_chain_penalty(module, x, C, sample_weight)
         if shallow is not None:
-            return shallow
+            return shallow, None
     scale = None
     if approx is None and x.dim() == 3 and is_structured(module):
         gram = gram_recurrence(module, x)
-        pre, counted, grad_sq = gram.pre, gram.counted, gram.grad_sq
+        pre, counted, grad_sq, output = gram.pre, gram.counted, gram.grad_sq, gram.output
     else:
         if approx is None:
             lin = linearize(module, x, "l2")
         else:
             tangents, scale = _probes(x, int(approx), approx_method)
             lin = linearize(module, x, tangents)
-        pre, counted = lin.pre, lin.counted
+        pre, counted, output = lin.pre, lin.counted, lin.output
         grad_sq = [(g**2).sum(dim=2) for g in lin.pre_tangents]
     hinge = [torch.relu(1 - z.abs()) for z in pre]
     if not grad_sq:
-        return x.new_zeros(())
+        return x.new_zeros(()), output
     counts = torch.stack(
         [_sum_counted(torch.ones_like(z), counted[i]) for i, z in enumerate(pre)]
     ).sum(dim=0)
@@ -160,7 +187,7 @@ def roll_penalty(
             dim=0
         )
         per_example = (grad_total + C * hinge_total) / counts.clamp(min=1)
-        return _mean(per_example, sample_weight)
+        return _mean(per_example, sample_weight), output
     t = torch.cat([g + C * h for g, h in zip(grad_sq, hinge)], dim=1)
     valid = torch.cat(
         [torch.ones_like(z, dtype=torch.bool) if c is None else c for z, c in zip(pre, counted)],
@@ -172,7 +199,7 @@ def roll_penalty(
     top = torch.where(torch.isfinite(top), top, 0.0)
     k = torch.ceil(counts * gamma / 100).clamp(min=1).long()
     sums = top.cumsum(dim=1).gather(1, (k - 1)[:, None])[:, 0]
-    return _mean(sums / k, sample_weight) if n else x.new_zeros(())
+    return (_mean(sums / k, sample_weight) if n else x.new_zeros(())), output
 
 
 def _shallow_chain_penalty(

@@ -75,7 +75,7 @@ def test_lam_zero_never_computes_the_penalty(wine, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("roll_penalty called with lam=0")
 
-    monkeypatch.setattr(estimators_module, "roll_penalty", forbidden)
+    monkeypatch.setattr(estimators_module, "_penalty_and_output", forbidden)
     ROLLClassifier(lam=0.0, **SMALL).fit(X, y)
     with pytest.raises(AssertionError, match="lam=0"):
         ROLLClassifier(lam=1.0, **SMALL).fit(X, y)
@@ -350,3 +350,46 @@ def test_the_default_batches_are_skorchs(wine):
     ).fit(X, y, sample_weight=weight)
     np.testing.assert_array_equal(fast.predict_proba(X), skorchs.predict_proba(X))
     assert fast.history[:, "valid_loss"] == skorchs.history[:, "valid_loss"]
+
+
+def _step_gradients(clf, xb, yb, shared: bool):
+    clf.module_.zero_grad()
+    torch.manual_seed(1)
+    if shared:
+        loss = clf.train_step_single((xb, yb))["loss"]
+    else:
+        clf._set_training(True)
+        y_pred = clf.infer(xb)
+        torch.manual_seed(1)
+        loss = clf.get_loss(y_pred, yb, X=xb, training=True)
+        loss.backward()
+    return loss.item(), [p.grad.clone() for p in clf.module_.parameters()]
+
+
+@pytest.mark.parametrize(
+    "params, shape",
+    [
+        ({"hidden_layer_sizes": (8, 8, 8)}, (-1, 64)),
+        ({"hidden_layer_sizes": (8, 8, 8), "approx": 3}, (-1, 64)),
+        ({"module": "rnn", "hidden_layer_sizes": (6,)}, (-1, 8, 8)),
+        ({"module": "cnn", "hidden_layer_sizes": (2, 3)}, (-1, 1, 8, 8)),
+        ({"module": "cnn1d", "hidden_layer_sizes": (3, 3, 3)}, (-1, 8, 8)),
+    ],
+    ids=["deep-mlp", "approx", "rnn", "resnet", "cnn1d-batchnorm"],
+)
+def test_the_training_step_reads_the_penalty_output_with_skorchs_loss(digits, params, shape):
+    X, y = digits
+    X = X[:24].reshape(shape).astype(np.float32)
+    clf = ROLLClassifier(max_epochs=1, lam=1.0, C=1.0, random_state=0, **params)
+    clf.fit(X, y[:24])
+    xb = torch.from_numpy(X)
+    yb = torch.from_numpy(np.searchsorted(clf.classes_, y[:24]))
+    calls = []
+    clf.infer = lambda x, **kw: calls.append(1) or type(clf).infer(clf, x, **kw)
+    loss, grads = _step_gradients(clf, xb, yb, shared=True)
+    # Only the BatchNorm network runs the forward pass of its own.
+    assert len(calls) == (params.get("module") == "cnn1d")
+    expected_loss, expected = _step_gradients(clf, xb, yb, shared=False)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    for got, want in zip(grads, expected):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * want.abs().max())
