@@ -238,11 +238,11 @@ METHODS = [
         for task, p in [(M2, 2), (M1, 1), (MINF, float("inf"))]
         for method in [
             Method(task, "structured", _certificate(p, True), torch.float32, p != 2, chosen=True),
-            Method(task, "general path", _certificate(p, False), torch.float32),
+            Method(task, "general path", _certificate(p, False), torch.float32, chunked=True),
         ]
     ),
     Method(BOUNDS, "structured", _bounds(True), torch.float32, chosen=True),
-    Method(BOUNDS, "general path", _bounds(False), torch.float32),
+    Method(BOUNDS, "general path", _bounds(False), torch.float32, chunked=True),
     Method(TRAIN, "exact ROLL, gram", _train_roll(), torch.float32, False, chosen=True),
     Method(TRAIN, "plain", _train_plain, torch.float32, False),
     Method(TRAIN, f"approx ROLL, {APPROX} projections", _train_roll(APPROX), torch.float32, False),
