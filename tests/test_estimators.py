@@ -14,7 +14,8 @@ from sklearn.preprocessing import StandardScaler
 from skorch.dataset import ValidSplit
 from torch import nn
 
-import sklearn_roll.estimators as estimators_module
+import sklearn_roll._base as base_module
+import sklearn_roll._defaults as defaults_module
 from sklearn_roll import ROLLClassifier, ROLLRegressor
 from sklearn_roll.loss import roll_penalty
 
@@ -75,7 +76,7 @@ def test_lam_zero_never_computes_the_penalty(wine, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("roll_penalty called with lam=0")
 
-    monkeypatch.setattr(estimators_module, "_penalty_and_output", forbidden)
+    monkeypatch.setattr(base_module, "_penalty_and_output", forbidden)
     ROLLClassifier(lam=0.0, **SMALL).fit(X, y)
     with pytest.raises(AssertionError, match="lam=0"):
         ROLLClassifier(lam=1.0, **SMALL).fit(X, y)
@@ -281,7 +282,7 @@ def test_lam_none_takes_the_architectures_default(wine, monkeypatch):
     np.testing.assert_array_equal(default.predict_proba(X), explicit.predict_proba(X))
     assert ROLLClassifier().lam is None and ROLLClassifier().C is None
     assert '(1, 1) for "mlp"' in ROLLClassifier.__doc__
-    monkeypatch.setitem(estimators_module.DEFAULTS["classifier"], "mlp", (0.0, 1.0))
+    monkeypatch.setitem(defaults_module.DEFAULTS["classifier"], "mlp", (0.0, 1.0))
     plain = ROLLClassifier(**SMALL).fit(X, y)
     lam_zero = ROLLClassifier(**{**SMALL, "lam": 0.0}).fit(X, y)
     np.testing.assert_array_equal(plain.predict_proba(X), lam_zero.predict_proba(X))
