@@ -33,14 +33,17 @@ state at a step (a *sub-update*) adds a local rounding error ``xi``, bounded fro
 computed values it sums (standard model of floating-point arithmetic, u = 2^-53);
 the error of a later value is ``sum P xi`` over the earlier sub-updates, with ``P``
 the exact linear map from that sub-update's state to the value, so by
-Cauchy-Schwarz it is at most ``sqrt(sum ||P||^2) * sqrt(sum ||xi||^2)``. The first
-factor comes from a second Gram recurrence, of an identity injected after every
-sub-update, and the roundings of both Gram recurrences propagate the same way: a
-local error ``F`` of a Gram update moves a later quadratic form ``p^T G p`` by at most
-``||F||_2`` times its value in that second recurrence. The bounds cost one Gram
-recurrence more and hold whatever the weights, becoming infinite (and the
-certificates 0) only where the network's own gradients grow so fast that rounding
-could swamp them.
+Cauchy-Schwarz it is at most ``sqrt(sum ||P||^2) * sqrt(sum ||xi||^2)``. For one
+layer whose recurrence hardly expands (``rho^(2T)`` at most 4, ``rho`` a rigorous
+bound on ``||D W||_2``, as for the orthogonal recurrence) the first factor follows
+from norms, ``||P|| <= ||w_u|| rho^j``; otherwise it comes from a second Gram
+recurrence, of an identity injected after every sub-update, which follows the
+actual slopes and costs as much as the first. The roundings of the Gram
+recurrences propagate the same way: a local error ``F`` of a Gram update moves a
+later quadratic form ``p^T G p`` by at most ``||F||_2`` times its value in the
+second recurrence, or its norm bound. The bounds hold whatever the weights,
+becoming infinite (and the certificates 0) only where the network's own gradients
+grow so fast that rounding could swamp them.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from ._linearization import Linearization
+from ._pruning import spectral_bound
 from ._rounding import gamma64
 from .nn.rnn import ElmanRNN
 
@@ -553,17 +557,7 @@ def recurrent_allowance(
     """
     with torch.no_grad():
         run = _unroll(module, x, patterns)
-        spread = _gram_pass(run, drive=False, inject=True, track=True)
-        # The rounding of the error recurrence itself: with Phi the largest local
-        # error up to a sub-update, the exact Gram matrix is at most the computed one
-        # divided by 1 - Phi (in the order of positive semidefinite matrices).
-        local = run.in_order(spread.local)
-        worst = local.cummax(dim=1).values
-        shrink = run.by_block(torch.where(worst < 1, 1 - worst, 0.0))
-        reach = [
-            _bounded(((q.clamp(min=0) + phi[:, None]) / s[:, None]).sqrt())
-            for q, phi, s in zip(spread.diagonals, spread.local, shrink)
-        ]
+        reach, output_reach = _norm_reach(run) or _gram_reach(run)
         injected, local_pre = _forward_rounding(run)
         total = run.in_order(injected).cumsum(dim=1)
         before = run.by_block((total - run.in_order(injected)).sqrt())
@@ -572,15 +566,7 @@ def recurrent_allowance(
             for r, e, eta in zip(reach, before, local_pre)
         ]
         readout = run.readout
-        last = spread.final
-        width = last.shape[1]
-        rows = readout.square().sum(dim=1)
-        diagonal = torch.einsum("kh,nhj,kj->nk", readout, last, readout)
-        gram_rounding = (
-            gamma64(2 * (2 * width + 4)) * rows * torch.linalg.matrix_norm(last)[:, None]
-        )
-        final_shrink = torch.where(worst[:, -1] < 1, 1 - worst[:, -1], 0.0)[:, None]
-        output_reach = _bounded(((diagonal.clamp(min=0) + gram_rounding) / final_shrink).sqrt())
+        width = readout.shape[1]
         state = run.states[-1][:, -1]
         magnitude = state.abs() @ readout.abs().T
         if run.readout_bias is not None:
@@ -590,6 +576,81 @@ def recurrent_allowance(
             * (output_reach * total[:, -1:].sqrt() + gamma64(2 * (width + 1) + 4) * magnitude)
         )
     return RecurrentAllowance(run.linearization(None, None), pre, output, reach, output_reach, run)
+
+
+# A recurrence whose steps may grow errors by more than this over the whole sequence
+# takes the Gram pass, whose bounds follow the actual slopes instead of a norm bound.
+_GROWTH = 4.0
+
+
+def _norm_reach(run: _Unrolled) -> tuple[list[Tensor], Tensor] | None:
+    """``reach`` and ``output_reach`` from norms, for one layer that hardly expands.
+
+    With ``rho >= ||D W||_2`` for every slope diagonal D, a state error reaches a
+    pre-activation ``j`` steps later through ``w_u^T (D W)^(j-1)``, of norm at most
+    ``||w_u|| rho^(j-1)``, so ``reach_t^2 <= ||w_u||^2 sum_{j<t} rho^(2j)``, and the
+    outputs' likewise with the readout's rows over all T steps. None (take the Gram
+    pass) for stacked layers, whose sub-updates expand the joint state, and where
+    ``rho^(2T)`` exceeds ``_GROWTH``.
+    """
+    if len(run.recurrent) != 1:
+        return None
+    W = run.recurrent[0]
+    T, _ = run.sub_updates
+    rho = run.gain * _near_orthogonal_bound(W)
+    if not rho ** (2 * T) <= _GROWTH:  # also for NaN
+        return None
+    n, H = run.valid.shape[0], W.shape[0]
+    powers = torch.full((T,), rho * rho, dtype=W.dtype).cumprod(dim=0) / (rho * rho)
+    sums = torch.cat([powers.new_zeros(1), powers.cumsum(dim=0)])
+    # sums[t] = sum_{j<t} rho^(2j) and the row norms, each a few hundred roundings deep.
+    grow = 1 + gamma64(2 * (T + H + W.shape[1]) + 8)
+    rows = W.square().sum(dim=1)
+    reach = [(grow * rows * sums[t]).sqrt().expand(n, H) for t in range(T)]
+    readout_rows = run.readout.square().sum(dim=1)
+    output_reach = (grow * readout_rows * sums[T]).sqrt().expand(n, -1)
+    return reach, output_reach
+
+
+def _near_orthogonal_bound(W: Tensor) -> float:
+    """An upper bound on ``||W||_2``, tight for matrices close to orthogonal.
+
+    ``||W||_2^2 = ||W^T W||_2 <= 1 + ||W^T W - I||_F``, with the rounding of the
+    computed ``W^T W`` bounded by ``gamma_m |W|^T |W|``; the smaller of this and
+    :func:`~sklearn_roll._pruning.spectral_bound`.
+    """
+    W = W.detach()
+    m = W.shape[0]
+    gram = W.T @ W
+    off = gram - torch.eye(W.shape[1], dtype=W.dtype)
+    rounding = gamma64(m + 2) * torch.linalg.matrix_norm(W.abs().T @ W.abs())
+    excess = (torch.linalg.matrix_norm(off) + rounding) * (1 + gamma64(W.numel() + 8))
+    near = math.sqrt((1 + float(excess)) * (1 + gamma64(4)))
+    return min(near, spectral_bound(W))
+
+
+def _gram_reach(run: _Unrolled) -> tuple[list[Tensor], Tensor]:
+    """``reach`` and ``output_reach`` from the Gram recurrence of injected identities."""
+    spread = _gram_pass(run, drive=False, inject=True, track=True)
+    # The rounding of the error recurrence itself: with Phi the largest local
+    # error up to a sub-update, the exact Gram matrix is at most the computed one
+    # divided by 1 - Phi (in the order of positive semidefinite matrices).
+    local = run.in_order(spread.local)
+    worst = local.cummax(dim=1).values
+    shrink = run.by_block(torch.where(worst < 1, 1 - worst, 0.0))
+    reach = [
+        _bounded(((q.clamp(min=0) + phi[:, None]) / s[:, None]).sqrt())
+        for q, phi, s in zip(spread.diagonals, spread.local, shrink)
+    ]
+    readout = run.readout
+    last = spread.final
+    width = last.shape[1]
+    rows = readout.square().sum(dim=1)
+    diagonal = torch.einsum("kh,nhj,kj->nk", readout, last, readout)
+    gram_rounding = gamma64(2 * (2 * width + 4)) * rows * torch.linalg.matrix_norm(last)[:, None]
+    final_shrink = torch.where(worst[:, -1] < 1, 1 - worst[:, -1], 0.0)[:, None]
+    output_reach = _bounded(((diagonal.clamp(min=0) + gram_rounding) / final_shrink).sqrt())
+    return reach, output_reach
 
 
 def _forward_rounding(run: _Unrolled) -> tuple[list[Tensor], list[Tensor]]:

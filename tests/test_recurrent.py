@@ -369,3 +369,44 @@ def test_tangent_error_norms_bound_the_norms_of_their_entries(q):
         assert (
             torch.linalg.vector_norm(entries, ord=q, dim=2) <= errors.norms(q, cols) + 1e-12
         ).all()
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_norm_reach_bounds_the_gram_reach_of_a_near_orthogonal_layer(activation):
+    from sklearn_roll._recurrent import _norm_reach, _unroll
+
+    torch.manual_seed(0)
+    rnn = ElmanRNN(3, 2, hidden_layer_sizes=(16,), activation=activation).double()
+    x = torch.randn(4, 40, 3, dtype=torch.float64)
+    x[0, 25:] = float("nan")
+    with torch.no_grad():
+        run = _unroll(rnn, x, None)
+        by_norms = _norm_reach(run)
+        assert by_norms is not None
+        reach, output_reach = by_norms
+        # The sums of ||P||^2 themselves: Gram matrices of identities injected after
+        # every valid step, in float64 (relative error far below the tolerance).
+        W, R = run.recurrent[0], run.readout
+        gram = torch.zeros(len(x), 16, 16, dtype=torch.float64)
+        for t, (slopes, loose) in enumerate(zip(run.slopes, reach)):
+            z = W @ gram @ W.T
+            assert torch.all(loose.square() >= z.diagonal(dim1=1, dim2=2) * (1 - 1e-12))
+            valid = run.valid[:, t, None, None]
+            new = slopes[:, :, None] * z * slopes[:, None, :] + torch.eye(16)
+            gram = torch.where(valid, new, gram)
+        outputs = torch.einsum("kh,nhj,kj->nk", R, gram, R)
+        assert torch.all(output_reach.square() >= outputs * (1 - 1e-12))
+        assert reach[-1].max() < 1.01 * 40**0.5
+
+
+def test_norm_reach_leaves_stacked_and_expanding_recurrences_to_the_gram_pass():
+    from sklearn_roll._recurrent import _norm_reach, _unroll
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 30, 3, dtype=torch.float64)
+    stacked = ElmanRNN(3, 2, hidden_layer_sizes=(8, 8)).double()
+    assert _norm_reach(_unroll(stacked, x, None)) is None
+    expanding = ElmanRNN(3, 2, hidden_layer_sizes=(8,), orthogonal_recurrence=False).double()
+    with torch.no_grad():
+        expanding.recurrent[0].weight.mul_(2.0)
+    assert _norm_reach(_unroll(expanding, x, None)) is None
