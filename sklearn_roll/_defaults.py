@@ -20,14 +20,14 @@ DEFAULTS: dict[str, dict[str, tuple[float, float]]] = {
     "classifier": {
         "mlp": (1.0, 1.0),
         "cnn": (0.03, 1.0),
-        "rnn": (0.0625, 16.0),
+        "rnn": (0.015625, 16.0),
         "cnn1d": (0.03, 1.0),
     },
     # Only the MLP has a regression study; the others take their classifier's values.
     "regressor": {
         "mlp": (16.0, 0.25),
         "cnn": (0.03, 1.0),
-        "rnn": (0.0625, 16.0),
+        "rnn": (0.015625, 16.0),
         "cnn1d": (0.03, 1.0),
     },
 }
