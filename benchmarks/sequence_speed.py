@@ -16,9 +16,10 @@ and 5 classes, 32 full-length sequences of T in {29, 100, 400} steps:
   automatically, against the general path that user modules take (the same network
   as a subclass with its own forward pass, which the structured paths do not serve);
 * one epoch of training in float32, the 32 sequences as one batch: forward and
-  backward of cross-entropy plus ``lam`` times ``roll_penalty`` (exact, gamma = 100,
-  C = 1; or approximate with 16 Rademacher projections), as the estimators compute
-  it, against plain cross-entropy; the exact penalty on the built-in RNN (the Gram
+  backward of cross-entropy plus ``lam`` times the ROLL penalty (exact, gamma = 100,
+  C = 1; or approximate with 16 Rademacher projections), as the estimators' training
+  step computes them (the cross-entropy of the output of the penalty's forward
+  pass), against plain cross-entropy; the exact penalty on the built-in RNN (the Gram
   recurrence) and on the general path.
 
 The general path (``linearize``, hence ``roll_penalty``) needs memory like T^2 per
@@ -58,7 +59,7 @@ from _common import budget, markdown_table, proc_status, write
 from sklearn_roll._evaluation import Evaluator
 from sklearn_roll._recurrent import causal_linearize, gram_recurrence, is_structured
 from sklearn_roll.linearize import linearize, record
-from sklearn_roll.loss import roll_penalty
+from sklearn_roll.loss import _penalty_and_output, roll_penalty
 from sklearn_roll.nn import ElmanRNN
 from sklearn_roll.regions import module_margin
 
@@ -159,13 +160,14 @@ def _train_plain(module, x, y) -> None:
 
 
 def _train_roll(approx: int | None = None, structured: bool = True) -> Callable:
-    """A training step with the ROLL penalty, as the estimators' get_loss computes it."""
+    """A training step with the ROLL penalty, as the estimators' training step takes it:
+    the task loss reads the output of the penalty's forward pass."""
 
     def run(module, x, y) -> None:
         net = module if structured else general(module)
         assert is_structured(net) == structured
-        penalty = roll_penalty(net, x, C=ROLL_C, approx=approx)
-        (F.cross_entropy(net(x), y) + LAM * penalty).backward()
+        penalty, output = _penalty_and_output(net, x, C=ROLL_C, approx=approx)
+        (F.cross_entropy(output, y) + LAM * penalty).backward()
 
     return run
 
