@@ -283,9 +283,6 @@ def main(quick: bool, only: list[str] | None = None) -> None:
     previous = RESULTS / "defaults.json"
     if only and not quick and previous.exists():
         studies = json.loads(previous.read_text())["studies"]
-        for entry in studies.values():
-            # Results written before the learning rate was recorded ran at 1e-3.
-            entry.setdefault("lr", 1e-3)
     for name, study in STUDIES.items():
         if only and name not in only:
             continue

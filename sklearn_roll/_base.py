@@ -339,12 +339,12 @@ class _ROLLMixin(SkorchSklearnMixin):
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """Weighted task loss plus ``lam`` times the weighted ROLL penalty of the batch."""
-        x, weight = _inputs(X)
+        x, weight = self._batch_inputs(X)
         loss = self._task_loss(y_pred, y_true, x, weight, training)
-        lam, _ = self._roll_weights()
+        lam, C = self._roll_weights()
         if lam == 0 or x is None:
             return loss
-        return loss + lam * self._penalty(x, weight)[0]
+        return loss + lam * self._penalty(x, weight, C)[0]
 
     def train_step_single(self, batch, **fit_params):
         """skorch's training step, running the network forward once with the ROLL loss.
@@ -356,12 +356,12 @@ class _ROLLMixin(SkorchSklearnMixin):
         ``fit_params`` take skorch's step.
         """
         Xi, yi = unpack_data(batch)
-        x, weight = _inputs(Xi)
-        lam, _ = self._roll_weights()
+        x, weight = self._batch_inputs(Xi)
+        lam, C = self._roll_weights()
         if lam == 0 or x is None or fit_params or self._normalised():
             return super().train_step_single(batch, **fit_params)
         self._set_training(True)
-        penalty, y_pred = self._penalty(x, weight)
+        penalty, y_pred = self._penalty(x, weight, C)
         if y_pred is None:
             y_pred = self.infer(Xi)
         loss = self._task_loss(y_pred, yi, x, weight, True) + lam * penalty
@@ -371,10 +371,13 @@ class _ROLLMixin(SkorchSklearnMixin):
     def _normalised(self) -> bool:
         return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in self.module_.modules())
 
+    def _batch_inputs(self, X):
+        """A batch's inputs, and its sample weights as a tensor (or None)."""
+        x, weight = _inputs(X)
+        return x, None if weight is None else to_tensor(weight, device=self.device)
+
     def _task_loss(self, y_pred, y_true, x, weight, training: bool):
         """The criterion's per-example losses, averaged with the sample weights, recorded."""
-        if weight is not None:
-            weight = to_tensor(weight, device=self.device)
         losses = super().get_loss(y_pred, y_true, X=x, training=training)
         if losses.dim() == 0:
             raise TypeError(
@@ -385,9 +388,8 @@ class _ROLLMixin(SkorchSklearnMixin):
         self._record_batch(f"{'train' if training else 'valid'}_task_loss", loss.item())
         return loss
 
-    def _penalty(self, x, weight):
+    def _penalty(self, x, weight, C: float):
         """The batch's ROLL penalty, and the output its forward pass computed (or None)."""
-        _, C = self._roll_weights()
         return _penalty_and_output(
             self.module_,
             to_tensor(x, device=self.device),
@@ -395,7 +397,7 @@ class _ROLLMixin(SkorchSklearnMixin):
             gamma=self.gamma,
             approx=self.approx,
             approx_method=self.approx_method,
-            sample_weight=None if weight is None else to_tensor(weight, device=self.device),
+            sample_weight=weight,
         )
 
     def _record_batch(self, key: str, value: float) -> None:

@@ -601,7 +601,7 @@ def _norm_reach(run: _Unrolled) -> tuple[list[Tensor], Tensor] | None:
     if not rho ** (2 * T) <= _GROWTH:  # also for NaN
         return None
     n, H = run.valid.shape[0], W.shape[0]
-    powers = torch.full((T,), rho * rho, dtype=W.dtype).cumprod(dim=0) / (rho * rho)
+    powers = (rho * rho) ** torch.arange(T, dtype=W.dtype)
     sums = torch.cat([powers.new_zeros(1), powers.cumsum(dim=0)])
     # sums[t] = sum_{j<t} rho^(2j) and the row norms, each a few hundred roundings deep.
     grow = 1 + gamma64(2 * (T + H + W.shape[1]) + 8)

@@ -18,6 +18,20 @@ from sklearn_roll.regions import explain
 SMALL = {"n_uniform": 16, "population": 6, "generations": 3}
 
 
+@pytest.fixture
+def evaluated_points(monkeypatch):
+    """Every point whose gradient gradient_distortion evaluates, in order of calls."""
+    seen = []
+    real = distortion_module.input_gradients
+
+    def spy(module, exact, points, *args):
+        seen.append(np.array(points, dtype=np.float64))
+        return real(module, exact, points, *args)
+
+    monkeypatch.setattr(distortion_module, "input_gradients", spy)
+    return seen
+
+
 @pytest.fixture(scope="module")
 def clf(iris):
     X, y = iris
@@ -71,22 +85,14 @@ def test_the_same_seed_gives_the_same_result_and_another_seed_another(clf, iris)
     assert not np.array_equal(first.expected, other.expected)
 
 
-def test_every_evaluated_point_lies_in_the_ball_and_the_domain(clf, iris, monkeypatch):
+def test_every_evaluated_point_lies_in_the_ball_and_the_domain(clf, iris, evaluated_points):
     x = iris[0][:1]
     eps = 0.5
     # A domain as narrow as 2e-3 along the first feature, wide along the others.
     width = np.array([1e-3, 10.0, 10.0, 10.0])
     lower, upper = x[0] - width, x[0] + np.array([0.0, 10.0, 10.0, 10.0])
-    seen = []
-    real = distortion_module.input_gradients
-
-    def spy(module, exact, points, *args):
-        seen.append(np.array(points, dtype=np.float64))
-        return real(module, exact, points, *args)
-
-    monkeypatch.setattr(distortion_module, "input_gradients", spy)
     gradient_distortion(clf, x, eps, domain=(lower, upper), random_state=0, **SMALL)
-    points = np.concatenate(seen)
+    points = np.concatenate(evaluated_points)
     assert len(points) == 1 + SMALL["n_uniform"] + SMALL["population"] * SMALL["generations"]
     assert (points >= np.maximum(x - eps, lower)).all()
     assert (points <= np.minimum(x + eps, upper)).all()
@@ -151,21 +157,13 @@ def test_features_naming_every_column_change_nothing(clf, iris):
     np.testing.assert_array_equal(every.maximum, default.maximum)
 
 
-def test_features_hold_the_other_columns_fixed(clf, iris, monkeypatch):
+def test_features_hold_the_other_columns_fixed(clf, iris, evaluated_points):
     X = iris[0][:3]
-    seen = []
-    real = distortion_module.input_gradients
-
-    def spy(module, exact, points, *args):
-        seen.append(np.array(points, dtype=np.float64))
-        return real(module, exact, points, *args)
-
-    monkeypatch.setattr(distortion_module, "input_gradients", spy)
     domain = ([-9.0, -9.0], [9.0, 9.0])
     result = gradient_distortion(
         clf, X, 1.0, features=[2, 3], domain=domain, random_state=0, **SMALL
     )
-    points = np.concatenate(seen)
+    points = np.concatenate(evaluated_points)
     assert np.isin(points[:, 0], X[:, 0]).all() and np.isin(points[:, 1], X[:, 1]).all()
     assert (result.maximum >= result.expected).all()
 
