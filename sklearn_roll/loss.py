@@ -39,12 +39,6 @@ APPROX_METHODS = ("axes", "projections")
 """The probes ``approx_method`` may name: sampled input axes, or Rademacher projections."""
 
 
-def _sum_counted(values: Tensor, counted: Tensor | None) -> Tensor:
-    if counted is not None:
-        values = values * counted
-    return values.sum(dim=1)
-
-
 def _probes(x: Tensor, k: int, method: str) -> tuple[Tensor | AxisTangents, Tensor]:
     """k random tangents per example and the factor that makes the estimate unbiased.
 
@@ -171,29 +165,27 @@ def _penalty_and_output(
             lin = linearize(module, x, tangents)
         pre, counted, output = lin.pre, lin.counted, lin.output
         grad_sq = [(g**2).sum(dim=2) for g in lin.pre_tangents]
-    hinge = [torch.relu(1 - z.abs()) for z in pre]
     if not grad_sq:
         return x.new_zeros(()), output
-    counts = torch.stack(
-        [_sum_counted(torch.ones_like(z), counted[i]) for i, z in enumerate(pre)]
-    ).sum(dim=0)
-    if approx is not None or gamma == 100:
-        grad_total = torch.stack([_sum_counted(g, counted[i]) for i, g in enumerate(grad_sq)]).sum(
-            dim=0
-        )
-        if scale is not None:
-            grad_total = grad_total * scale
-        hinge_total = torch.stack([_sum_counted(h, counted[i]) for i, h in enumerate(hinge)]).sum(
-            dim=0
-        )
-        per_example = (grad_total + C * hinge_total) / counts.clamp(min=1)
-        return _mean(per_example, sample_weight), output
-    t = torch.cat([g + C * h for g, h in zip(grad_sq, hinge)], dim=1)
+    # One tensor of all units: a recurrent network has a block per step, and per-block
+    # reductions would cost as many small operations (and their backward) per step.
+    z = torch.cat(pre, dim=1)
     valid = torch.cat(
-        [torch.ones_like(z, dtype=torch.bool) if c is None else c for z, c in zip(pre, counted)],
+        [torch.ones_like(b, dtype=torch.bool) if c is None else c for b, c in zip(pre, counted)],
         dim=1,
     )
-    t = t.masked_fill(~valid, -math.inf)
+    t_grad = torch.cat(grad_sq, dim=1)
+    hinge = torch.relu(1 - z.abs())
+    counts = valid.sum(dim=1).to(z.dtype)
+    if approx is not None or gamma == 100:
+        weight = valid.to(z.dtype)
+        grad_total = (t_grad * weight).sum(dim=1)
+        if scale is not None:
+            grad_total = grad_total * scale
+        hinge_total = (hinge * weight).sum(dim=1)
+        per_example = (grad_total + C * hinge_total) / counts.clamp(min=1)
+        return _mean(per_example, sample_weight), output
+    t = (t_grad + C * hinge).masked_fill(~valid, -math.inf)
     top = t.sort(dim=1, descending=True).values
     # Uncounted units sort last and k never reaches them; zero them so cumsum stays finite.
     top = torch.where(torch.isfinite(top), top, 0.0)
