@@ -153,10 +153,11 @@ def float64_errors(
     bounds = magnitudes(module, x, tangents, patterns)
 
     def scale(r: int) -> float:
-        # gamma_r times the exact magnitude, which the computed one (a sum without
-        # cancellation, r roundings deep) underestimates by at most gamma_r, plus the
-        # rounding of this product.
-        return gamma64(2 * r + 4)
+        # gamma_r times the exact magnitude M, which the computed one M' (a sum without
+        # cancellation, r roundings deep) underestimates: M <= M' (1 + gamma_r). So the
+        # error is at most gamma_r (1 + gamma_r) M', and with the roundings of this
+        # factor and of its product with M' below gamma_(r+4) M' while r^2 u < 4.
+        return gamma64(r + 4) if r * r * _U64 < 4 else gamma64(2 * r + 4)
 
     return Magnitudes(
         pre=[scale(r) * t for t, r in zip(bounds.pre, bounds.roundings)],
