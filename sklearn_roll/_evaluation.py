@@ -43,6 +43,7 @@ from ._recurrent import (
     gram_recurrence,
     is_structured,
     recurrent_allowance,
+    unit_counts,
 )
 from ._rounding import (
     FLOAT32_RTOL,
@@ -432,11 +433,8 @@ class Evaluator:
         self, requested: int | None, k: int, progress: bool
     ) -> Iterator[tuple[slice, Tensor, RecurrentAllowance]]:
         """(rows, float64 points, rounding allowance) batch by batch, without autograd."""
-        # A step of every layer holds its units, whatever the input's length.
-        module = self.exact
-        hidden = sum(v.out_features for v in module.inputs)
-        units = (self.x.shape[1] * hidden, module.out.out_features)
-        size = batch_size(module, self.x, requested, k, units=units)
+        units = unit_counts(self.exact, self.x.shape[1])
+        size = batch_size(self.exact, self.x, requested, k, units=units)
         with torch.no_grad():
             for rows in batches(len(self.x), size, progress):
                 xb = torch.from_numpy(self.x[rows]).double()

@@ -70,6 +70,7 @@ __all__ = [
     "gram_recurrence",
     "is_structured",
     "recurrent_allowance",
+    "unit_counts",
 ]
 
 Reduce = Callable[..., Any]
@@ -215,6 +216,22 @@ def is_structured(module: nn.Module) -> bool:
         and type(module.act) in (nn.ReLU, nn.LeakyReLU)
         and not any(sub._forward_hooks or sub._forward_pre_hooks for sub in module.modules())
     )
+
+
+def unit_counts(module: ElmanRNN, steps: int) -> tuple[int, int]:
+    """(hidden units, outputs) of ``module`` on sequences of ``steps`` steps.
+
+    A step of every layer holds its units, whatever the input's length.
+
+    Examples
+    --------
+    >>> from sklearn_roll.nn import ElmanRNN
+    >>> from sklearn_roll._recurrent import unit_counts
+    >>> unit_counts(ElmanRNN(3, 2, hidden_layer_sizes=(4, 5)), steps=10)
+    (90, 2)
+    """
+    hidden = sum(layer.out_features for layer in module.inputs)
+    return steps * hidden, module.out.out_features
 
 
 def _negative_slope(module: ElmanRNN) -> float:
