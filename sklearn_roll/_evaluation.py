@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ._chain import linear_chain
+from ._forward_errors import chain_forward_errors
 from ._linearization import AxisTangents, Linearization, Magnitudes
 from ._margins import (
     Block,
@@ -462,7 +463,17 @@ class Evaluator:
     def _allowance(self, xb: Tensor, exact: Linearization, tangents: Tensor | str) -> Magnitudes:
         """The float64 rounding allowance of a batch's record and linearization."""
         patterns = [z > 0 for z in exact.pre]
-        return float64_errors(self.exact, xb, tangents, patterns)
+        errors = float64_errors(self.exact, xb, tangents, patterns)
+        chain = linear_chain(self.exact) if xb.dim() == 2 else None
+        if chain is None:
+            return errors
+        # Both bound the same roundings; the layered one is far tighter in deep chains.
+        pre, output = chain_forward_errors(chain, xb, exact.pre, exact.output)
+        return dataclasses.replace(
+            errors,
+            pre=[torch.minimum(a, b) for a, b in zip(errors.pre, pre)],
+            output=torch.minimum(errors.output, output),
+        )
 
     def _batches(
         self, work: nn.Module, requested: int | None, k: int, progress: bool

@@ -42,6 +42,10 @@ exact value, the one of the network in real arithmetic at the given float64 poin
   absolute weights and biases and absolute frozen slopes), with r counted along the
   longest chain of inner products and sums (:mod:`sklearn_roll._ops` says, per
   operation, how many roundings it adds);
+* for Linear chains, the pre-activations and outputs also get the layer-by-layer
+  bound of :mod:`sklearn_roll._forward_errors` (the first layer recomputed without
+  rounding, every later one adding its own rounding to the propagated error), and
+  the smaller of the two bounds holds;
 * the distance of a unit to its boundary enters as ``|z| - error(z)``, its gradient
   norm as ``||g||_q + error`` (the q-norm of the entrywise errors is at most their
   sum, the error bound of the Jacobian's row along the all-ones tangent), and a
