@@ -38,8 +38,9 @@ _U64 = 2.0**-53
 _TINY = 2.0**-1074
 # Slices per operand: 3 x 21 bits reach far below float64's 53.
 _SLICES = 3
-# Row exponents beyond this take the generic bound: the power-of-two scalings of the
-# slices must neither overflow nor underflow to stay exact.
+# Exponents (of a row, or of a product of two rows) beyond this take the generic
+# bound: the power-of-two scalings of the slices must not overflow, and their factors
+# must not underflow (2^-(900 + 6 beta) is still a subnormal power of two).
 _EXPONENT_RANGE = 900
 
 
@@ -81,9 +82,10 @@ def _first_layer_error(weight: Tensor, bias: Tensor | None, x: Tensor, z: Tensor
     beta = _slice_bits(m)
     w_parts, w_exp = _slices(weight, beta)
     x_parts, x_exp = _slices(x, beta)
-    if max(w_exp.abs().max().item(), x_exp.abs().max().item()) > _EXPONENT_RANGE:
-        return torch.full_like(z, math.inf)
     scale = x_exp + w_exp.T  # (n, out)
+    exponents = (w_exp.abs().max(), x_exp.abs().max(), scale.abs().max())
+    if max(e.item() for e in exponents) > _EXPONENT_RANGE:
+        return torch.full_like(z, math.inf)
     total = torch.zeros_like(z) if bias is None else bias.expand_as(z).clone()
     absolute = total.abs()
     terms = 1
