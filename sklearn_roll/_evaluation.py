@@ -464,11 +464,10 @@ class Evaluator:
         """The float64 rounding allowance of a batch's record and linearization."""
         patterns = [z > 0 for z in exact.pre]
         errors = float64_errors(self.exact, xb, tangents, patterns)
-        chain = linear_chain(self.exact) if xb.dim() == 2 else None
-        if chain is None:
+        if self.chain is None:
             return errors
         # Both bound the same roundings; the layered one is far tighter in deep chains.
-        pre, output = chain_forward_errors(chain, xb, exact.pre, exact.output)
+        pre, output = chain_forward_errors(self.chain, xb, exact.pre, exact.output)
         return dataclasses.replace(
             errors,
             pre=[torch.minimum(a, b) for a, b in zip(errors.pre, pre)],

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._chain import Chain
+from ._rounding import gamma64
 
 __all__ = ["chain_forward_errors"]
 
@@ -42,10 +43,6 @@ _SLICES = 3
 # bound: the power-of-two scalings of the slices must not overflow, and their factors
 # must not underflow (2^-(900 + 6 beta) is still a subnormal power of two).
 _EXPONENT_RANGE = 900
-
-
-def _gamma(m: int) -> float:
-    return m * _U64 / (1 - m * _U64)
 
 
 def _finite_or_inf(bound: Tensor) -> Tensor:
@@ -103,8 +100,8 @@ def _first_layer_error(weight: Tensor, bias: Tensor | None, x: Tensor, z: Tensor
     # below 2^(-K beta)): per product of entries at most 2^(E_w + E_x - K beta) times
     # 2 + 3 + 2^(-K beta), m of them.
     left_out = torch.ldexp(torch.full_like(z, 5.01 * m), scale - _SLICES * beta)
-    bound = ((z - total).abs() + _gamma(terms + 2) * absolute + left_out) * (
-        1 + _gamma(terms + 8)
+    bound = ((z - total).abs() + gamma64(terms + 2) * absolute + left_out) * (
+        1 + gamma64(terms + 8)
     ) + (terms + 8) * _TINY
     return _finite_or_inf(bound)
 
@@ -161,7 +158,7 @@ def chain_forward_errors(
         m = layer.weight.shape[1]
         weight = layer.weight.abs()
         bias = None if layer.bias is None else layer.bias.abs()
-        own = _gamma(m + 1) * F.linear(h, weight, bias)
-        bound = (own + below @ weight.T) * (1 + _gamma(2 * m + 8)) + (m + 4) * _TINY
+        own = gamma64(m + 1) * F.linear(h, weight, bias)
+        bound = (own + below @ weight.T) * (1 + gamma64(2 * m + 8)) + (m + 4) * _TINY
         errors.append(_finite_or_inf(bound))
     return errors[:-1], errors[-1]

@@ -423,14 +423,14 @@ def _gram_pass(run: _Unrolled, *, drive: bool, inject: bool, track: bool) -> _Gr
     lean = drive and len(W) == 1 and not (inject or track)
     for t in range(T):
         keep = run.valid[:, t, None, None] if padded[t] else None
+        if lean:
+            base = drive_gram if keep is None else torch.where(keep, drive_gram, 0.0)
+            diagonal, own, *_ = _DrivenStep.apply(gram[0][0], W[0], base, run.slopes[t])
+            diagonals[t] = diagonal
+            gram[0][0] = own if keep is None else torch.where(keep, own, gram[0][0])
+            continue
         for layer in range(len(W)):
             block = layer * T + t
-            if lean:
-                base = drive_gram if keep is None else torch.where(keep, drive_gram, 0.0)
-                diagonal, own, *_ = _DrivenStep.apply(gram[0][0], W[0], base, run.slopes[t])
-                diagonals[t] = diagonal
-                gram[0][0] = own if keep is None else torch.where(keep, own, gram[0][0])
-                continue
             if layer == 0:
                 # x_t has Gram I and no cross terms with the states of step t-1.
                 # bmm of the expanded matrix: a broadcast matmul is slower.
