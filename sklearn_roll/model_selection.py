@@ -153,6 +153,31 @@ def best_margin_within(
     return _BestMarginWithin(tolerance, score, margin, reference)
 
 
+def _tradeoff(search: Any, score: str, margin: str, caller: str) -> tuple:
+    """A fitted search's candidates, mean scores, mean margins and chosen index."""
+    if not hasattr(search, "cv_results_"):
+        raise ValueError(f"{type(search).__name__} is not fitted: call fit before {caller}.")
+    results = search.cv_results_
+    scores = _column(results, score, "score")
+    margins = _column(results, margin, "margin")
+    return list(results["params"]), scores, margins, getattr(search, "best_index_", None)
+
+
+def _frontier(scores: np.ndarray, margins: np.ndarray) -> np.ndarray:
+    """Whether each candidate is beaten by no other on both score and margin.
+
+    A candidate is beaten when another scores at least as high and certifies at
+    least as much, strictly more in one; a NaN score or margin is never on the
+    frontier.
+    """
+    scores, margins = np.asarray(scores, dtype=float), np.asarray(margins, dtype=float)
+    valid = np.isfinite(scores) & ~np.isnan(margins)
+    s, m = scores[:, None], margins[:, None]
+    beaten = (scores[None] >= s) & (margins[None] >= m) & ((scores[None] > s) | (margins[None] > m))
+    beaten &= valid[None]
+    return valid & ~beaten.any(axis=1)
+
+
 def _plain_candidate(params: list[dict], scores: np.ndarray) -> int | None:
     """The candidate with ``lam == 0`` (if several, the best scoring), or None."""
     lam = _lam_key(params)
@@ -211,7 +236,9 @@ def tradeoff_table(
     table : pandas.DataFrame or str
         A DataFrame when pandas is installed, else the same table as text. Columns:
         one per searched parameter, ``mean_test_<score>``, ``mean_test_<margin>``,
-        ``ratio_to_lam0`` (only when a ``lam == 0`` candidate exists) and ``chosen``.
+        ``ratio_to_lam0`` (only when a ``lam == 0`` candidate exists), ``frontier``
+        (no other candidate has both a higher or equal score and a higher or equal
+        margin, one of them strictly) and ``chosen``.
 
     Examples
     --------
@@ -229,14 +256,9 @@ def tradeoff_table(
     ...     refit=best_margin_within(),
     ... ).fit(X, y)
     >>> list(tradeoff_table(search).columns)
-    ['lam', 'mean_test_accuracy', 'mean_test_margin', 'ratio_to_lam0', 'chosen']
+    ['lam', 'mean_test_accuracy', 'mean_test_margin', 'ratio_to_lam0', 'frontier', 'chosen']
     """
-    if not hasattr(search, "cv_results_"):
-        raise ValueError(f"{type(search).__name__} is not fitted: call fit before tradeoff_table.")
-    results = search.cv_results_
-    scores = _column(results, score, "score")
-    margins = _column(results, margin, "margin")
-    params = list(results["params"])
+    params, scores, margins, chosen = _tradeoff(search, score, margin, "tradeoff_table")
     names = sorted({name for candidate in params for name in candidate})
     columns: dict[str, list] = {
         name: [candidate.get(name) for candidate in params] for name in names
@@ -247,7 +269,7 @@ def tradeoff_table(
     if base is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             columns["ratio_to_lam0"] = (margins / margins[base]).tolist()
-    chosen = getattr(search, "best_index_", None)
+    columns["frontier"] = _frontier(scores, margins).tolist()
     columns["chosen"] = [i == chosen for i in range(len(params))]
     try:
         import pandas as pd

@@ -16,6 +16,7 @@ __all__ = [
     "plot_linear_regions",
     "plot_margin_distribution",
     "plot_stability_bounds",
+    "plot_tradeoff",
 ]
 
 
@@ -304,4 +305,98 @@ def plot_stability_bounds(
         )
     ax.set_xlabel("time step")
     ax.set_ylabel("value")
+    return ax
+
+
+def plot_tradeoff(
+    search: Any,
+    score: str = "accuracy",
+    margin: str = "margin",
+    *,
+    ax: Any = None,
+    annotate: bool = True,
+) -> Any:
+    """A fitted search's mean score against its mean certified margin, per candidate.
+
+    Plain candidates (``lam == 0``) are hollow, ROLL ones filled; a line joins the
+    candidates on the frontier (those of :func:`sklearn_roll.model_selection.tradeoff_table`
+    whose ``frontier`` is true) and a ring marks the one the search chose. The margin
+    axis is logarithmic.
+
+    Parameters
+    ----------
+    search : GridSearchCV or RandomizedSearchCV
+        A fitted search that scored ``score`` and ``margin`` (see
+        :func:`sklearn_roll.metrics.margin_scorer`).
+    score : str, default="accuracy"
+        Name of the score in ``scoring``.
+    margin : str, default="margin"
+        Name of the margin scorer in ``scoring``.
+    ax : matplotlib Axes or None, default=None
+        Where to draw; None creates a new figure.
+    annotate : bool, default=True
+        Write each candidate's searched parameters beside its point.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> from sklearn_roll import ROLLClassifier
+    >>> from sklearn_roll.metrics import margin_scorer
+    >>> from sklearn_roll.model_selection import best_margin_within
+    >>> from sklearn_roll.plotting import plot_tradeoff
+    >>> X, y = load_iris(return_X_y=True)
+    >>> search = GridSearchCV(
+    ...     ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0),
+    ...     {"lam": [0.0, 1.0]},
+    ...     cv=2,
+    ...     scoring={"accuracy": "accuracy", "margin": margin_scorer()},
+    ...     refit=best_margin_within(),
+    ... ).fit(X, y)
+    >>> ax = plot_tradeoff(search)
+    """
+    from .model_selection import _format_value, _frontier, _lam_key, _tradeoff
+
+    params, scores, margins, chosen = _tradeoff(search, score, margin, "plot_tradeoff")
+    ax = _axes(ax, (5.5, 4))
+    lam = _lam_key(params)
+    plain = np.array([lam is not None and c.get(lam) == 0 for c in params], dtype=bool)
+    ax.scatter(margins[~plain], scores[~plain], color="C0", label="ROLL")
+    if plain.any():
+        ax.scatter(margins[plain], scores[plain], facecolors="none", edgecolors="C0", label="plain")
+    front = np.flatnonzero(_frontier(scores, margins))
+    front = front[np.argsort(margins[front])]
+    ax.plot(margins[front], scores[front], color="0.6", lw=1, zorder=0, label="frontier")
+    if chosen is not None:
+        ax.scatter(
+            margins[chosen],
+            scores[chosen],
+            s=160,
+            facecolors="none",
+            edgecolors="C3",
+            label="chosen",
+        )
+    if annotate:
+        for i, candidate in enumerate(params):
+            # Pipeline parameters keep only their last component, to stay short.
+            text = ", ".join(
+                f"{k.rsplit('__', 1)[-1]}={_format_value(v)}" for k, v in candidate.items()
+            )
+            ax.annotate(
+                text,
+                (margins[i], scores[i]),
+                xytext=(4, 4),
+                textcoords="offset points",
+                fontsize="x-small",
+            )
+    ax.set_xscale("log")
+    ax.margins(0.12)  # room for the labels of the outermost points
+    ax.set_xlabel(f"mean test {margin}")
+    ax.set_ylabel(f"mean test {score}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
     return ax

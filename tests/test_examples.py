@@ -16,7 +16,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     "script, needs",
     [
         ("quickstart.py", None),
-        ("grid_search.py", None),
+        ("grid_search.py", "matplotlib"),
         ("toy_regions.py", "matplotlib"),
         ("japanese_vowels.py", "sktime"),
     ],

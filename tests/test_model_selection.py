@@ -19,7 +19,7 @@ from sklearn_roll.metrics import (
     margin_scorer,
     radius_scorer,
 )
-from sklearn_roll.model_selection import best_margin_within, tradeoff_table
+from sklearn_roll.model_selection import _frontier, best_margin_within, tradeoff_table
 from sklearn_roll.regions import certified_radius
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -137,6 +137,7 @@ def test_tradeoff_table(search, capsys, monkeypatch):
         "mean_test_accuracy",
         "mean_test_margin",
         "ratio_to_lam0",
+        "frontier",
         "chosen",
     ]
     results = search.cv_results_
@@ -158,6 +159,41 @@ def test_tradeoff_table(search, capsys, monkeypatch):
     assert lines[1 + search.best_index_].rstrip().endswith("True")
     with pytest.raises(ValueError, match="not fitted"):
         tradeoff_table(GridSearchCV(ROLLClassifier(), {"lam": [0.0]}))
+
+
+def test_the_frontier_keeps_the_candidates_no_other_beats_on_both():
+    scores = np.array([0.9, 0.9, 0.8, 0.95, 0.7, np.nan, 0.6])
+    margins = np.array([1.0, 2.0, 3.0, 0.5, 3.0, 9.0, np.nan])
+    # 0 loses to 1 (same score, larger margin); 4 to 2 (same margin, higher score).
+    assert _frontier(scores, margins).tolist() == [False, True, True, True, False, False, False]
+    # Exact ties are not beaten: both stay.
+    assert _frontier(np.array([0.9, 0.9]), np.array([1.0, 1.0])).tolist() == [True, True]
+
+
+def test_plot_tradeoff_draws_every_candidate_the_frontier_and_the_choice(search):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from sklearn_roll.plotting import plot_tradeoff
+
+    ax = plot_tradeoff(search)
+    results = search.cv_results_
+    scores, margins = results["mean_test_accuracy"], results["mean_test_margin"]
+    plain = np.array([p["rollclassifier__lam"] == 0 for p in results["params"]])
+    points = {c.get_label(): c.get_offsets() for c in ax.collections}
+    np.testing.assert_array_equal(points["ROLL"], np.c_[margins, scores][~plain])
+    np.testing.assert_array_equal(points["plain"], np.c_[margins, scores][plain])
+    best = search.best_index_
+    np.testing.assert_array_equal(points["chosen"], [[margins[best], scores[best]]])
+    front = np.flatnonzero(tradeoff_table(search)["frontier"])
+    front = front[np.argsort(margins[front])]
+    (line,) = ax.get_lines()
+    np.testing.assert_array_equal(line.get_xdata(), margins[front])
+    np.testing.assert_array_equal(line.get_ydata(), scores[front])
+    assert len(ax.texts) == len(scores) and ax.texts[0].get_text() == "C=1, lam=0"
+    assert ax.get_xscale() == "log"
+    with pytest.raises(ValueError, match="call fit before plot_tradeoff"):
+        plot_tradeoff(GridSearchCV(ROLLClassifier(), {"lam": [0.0]}))
+    matplotlib.pyplot.close("all")
 
 
 def test_scorers_equal_quantiles_of_the_certificates(raw_iris):
