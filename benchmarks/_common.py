@@ -123,9 +123,32 @@ DROPS = {"equal accuracy": 0.003, "1 point lower": 0.01}
 
 def cache_key(estimator, data_key: str) -> str:
     """A hash of the estimator's parameters, the training data and the library versions,
-    so a cached model is reused only when it would be fitted the same way again."""
-    params = sorted((name, repr(value)) for name, value in estimator.get_params().items())
+    so a cached model is reused only when it would be fitted the same way again.
+
+    joblib hashes each parameter by content (a callback by its settings, a validation
+    Dataset by its arrays, a function or class by its name), never by ``repr``, which
+    for most objects holds a memory address that changes from run to run.
+    """
+    params = sorted(estimator.get_params(deep=False).items())
     return joblib.hash((params, data_key, sklearn_roll.__version__, torch.__version__))
+
+
+def silent(*args, **kwargs):
+    """A callback's message sink that prints nothing: the scripts report what they
+    need themselves. Defined here so that fitted models pickle in worker processes."""
+
+
+def _fit_cached(path: Path, make: Callable, lam: float, C: float, X, y, threads: int | None):
+    """The model fitted for (lam, C) and its fit time, from ``path`` or fitted and saved there."""
+    if path.exists():
+        return pickle.loads(path.read_bytes())
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    model = make(lam, C).fit(X, y)
+    seconds = time.perf_counter() - start
+    path.write_bytes(pickle.dumps((model, seconds)))
+    return model, seconds
 
 
 def fit_grid(
@@ -138,6 +161,7 @@ def fit_grid(
     y_valid,
     scale: float = 1.0,
     n_margin: int | None = None,
+    n_jobs: int = 1,
 ) -> list[dict]:
     """Fit one model per (lam, C), or load it from ``.cache/<cache>/``, and measure it
     on the validation split: accuracy and median certified l2 margin (times ``scale``),
@@ -145,21 +169,23 @@ def fit_grid(
     of convolutional networks are costly).
 
     Fitted models are cached so that an interrupted run resumes where it stopped,
-    under a key of everything that shapes them (:func:`cache_key`).
+    under a key of everything that shapes them (:func:`cache_key`). With ``n_jobs``
+    above 1, that many fits run at once in joblib worker processes, one torch
+    thread each.
     """
     folder = RESULTS.parent / ".cache" / cache
     folder.mkdir(parents=True, exist_ok=True)
-    candidates = []
     data_key = joblib.hash((X, y))
-    for lam, C in settings:
-        path = folder / f"lam{lam}_C{C}_{cache_key(make(lam, C), data_key)}.pkl"
-        if path.exists():
-            model, seconds = pickle.loads(path.read_bytes())
-        else:
-            start = time.perf_counter()
-            model = make(lam, C).fit(X, y)
-            seconds = time.perf_counter() - start
-            path.write_bytes(pickle.dumps((model, seconds)))
+    paths = [
+        folder / f"lam{lam}_C{C}_{cache_key(make(lam, C), data_key)}.pkl" for lam, C in settings
+    ]
+    threads = 1 if n_jobs > 1 else None
+    fitted = joblib.Parallel(n_jobs=n_jobs, return_as="generator")(
+        joblib.delayed(_fit_cached)(path, make, lam, C, X, y, threads)
+        for path, (lam, C) in zip(paths, settings)
+    )
+    candidates = []
+    for (lam, C), (model, seconds) in zip(settings, fitted):
         record = {
             "lam": lam,
             "C": C,
