@@ -119,7 +119,7 @@ def model(lam, C, recipe, epochs, valid, approx, method):
     )
 
 
-def test_scores(candidates: list[dict], X_test, y_test) -> None:
+def score_on_test(candidates: list[dict], X_test, y_test) -> None:
     """Add every candidate's test accuracy and median l2 margin (pixel units)."""
     for c in candidates:
         c["test_accuracy"] = c["model"].score(X_test, y_test)
@@ -236,7 +236,7 @@ def main(quick: bool, approx: int, method: str, n_jobs: int) -> None:
             f"Grid: lam x C in {lams} x {Cs}.\n\n" + selection_markdown(table, PAPER, found)
         )
         candidates += found
-    test_scores(candidates, Xte, yte)
+    score_on_test(candidates, Xte, yte)
     flags = _frontier(
         np.array([c["test_accuracy"] for c in candidates]),
         np.array([c["test_median_l2_margin"] for c in candidates]),

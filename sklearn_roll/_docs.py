@@ -65,6 +65,15 @@ _PARAMETERS["window_parameters"] = """
         ax : matplotlib Axes or None, default=None
             Where to draw; None creates a new figure."""
 
+_PARAMETERS["search_parameters"] = """
+        search : GridSearchCV or RandomizedSearchCV
+            A fitted search that scored ``score`` and ``margin`` (see
+            :func:`sklearn_roll.metrics.margin_scorer`).
+        score : str, default="accuracy"
+            Name of the score in ``scoring``.
+        margin : str, default="margin"
+            Name of the margin scorer in ``scoring``."""
+
 # Parameter lists of whole families of functions.
 _PARAMETERS["margin_parameters"] = "\n".join(
     _PARAMETERS[name]
@@ -88,6 +97,22 @@ _PARAMETERS["fitted_moons"] = """
     >>> from sklearn_roll import ROLLClassifier
     >>> X, y = make_moons(60, noise=0.1, random_state=0)
     >>> clf = ROLLClassifier(hidden_layer_sizes=(8,), max_epochs=5, random_state=0).fit(X, y)"""
+
+# The setup of the search examples: plain training and ROLL on iris, scored by both.
+_PARAMETERS["fitted_search"] = """
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> from sklearn_roll import ROLLClassifier
+    >>> from sklearn_roll.metrics import margin_scorer
+    >>> from sklearn_roll.model_selection import best_margin_within
+    >>> X, y = load_iris(return_X_y=True)
+    >>> search = GridSearchCV(
+    ...     ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0),
+    ...     {"lam": [0.0, 1.0]},
+    ...     cv=2,
+    ...     scoring={"accuracy": "accuracy", "margin": margin_scorer()},
+    ...     refit=best_margin_within(),
+    ... ).fit(X, y)"""
 
 _PLACEHOLDER = re.compile(r"^( *)%\((\w+)\)s$", re.M)
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ._docs import fill_doc
+
 __all__ = ["best_margin_within", "tradeoff_table"]
 
 # Mean scores over folds are sums of fractions; a candidate exactly ``tolerance`` below
@@ -178,10 +180,15 @@ def _frontier(scores: np.ndarray, margins: np.ndarray) -> np.ndarray:
     return valid & ~beaten.any(axis=1)
 
 
+def _plain(params: list[dict]) -> np.ndarray:
+    """Whether each candidate trains plainly (``lam == 0``)."""
+    lam = _lam_key(params)
+    return np.array([lam is not None and c.get(lam) == 0 for c in params], dtype=bool)
+
+
 def _plain_candidate(params: list[dict], scores: np.ndarray) -> int | None:
     """The candidate with ``lam == 0`` (if several, the best scoring), or None."""
-    lam = _lam_key(params)
-    plain = [i for i, c in enumerate(params) if lam is not None and c.get(lam) == 0]
+    plain = np.flatnonzero(_plain(params)).tolist()
     if not plain:
         return None
     return max(plain, key=lambda i: (np.nan_to_num(scores[i], nan=-np.inf), -i))
@@ -209,6 +216,7 @@ def _as_text(columns: dict[str, list]) -> str:
     return "\n".join(lines)
 
 
+@fill_doc
 def tradeoff_table(
     search: Any, score: str = "accuracy", margin: str = "margin", *, print_table: bool = False
 ) -> Any:
@@ -221,13 +229,7 @@ def tradeoff_table(
 
     Parameters
     ----------
-    search : GridSearchCV or RandomizedSearchCV
-        A fitted search that scored ``score`` and ``margin`` (see
-        :func:`sklearn_roll.metrics.margin_scorer`).
-    score : str, default="accuracy"
-        Name of the score in ``scoring``.
-    margin : str, default="margin"
-        Name of the margin scorer in ``scoring``.
+    %(search_parameters)s
     print_table : bool, default=False
         Also print the table.
 
@@ -242,19 +244,8 @@ def tradeoff_table(
 
     Examples
     --------
-    >>> from sklearn.datasets import load_iris
-    >>> from sklearn.model_selection import GridSearchCV
-    >>> from sklearn_roll import ROLLClassifier
-    >>> from sklearn_roll.metrics import margin_scorer
-    >>> from sklearn_roll.model_selection import best_margin_within, tradeoff_table
-    >>> X, y = load_iris(return_X_y=True)
-    >>> search = GridSearchCV(
-    ...     ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0),
-    ...     {"lam": [0.0, 1.0]},
-    ...     cv=2,
-    ...     scoring={"accuracy": "accuracy", "margin": margin_scorer()},
-    ...     refit=best_margin_within(),
-    ... ).fit(X, y)
+    %(fitted_search)s
+    >>> from sklearn_roll.model_selection import tradeoff_table
     >>> list(tradeoff_table(search).columns)
     ['lam', 'mean_test_accuracy', 'mean_test_margin', 'ratio_to_lam0', 'frontier', 'chosen']
     """

@@ -308,6 +308,7 @@ def plot_stability_bounds(
     return ax
 
 
+@fill_doc
 def plot_tradeoff(
     search: Any,
     score: str = "accuracy",
@@ -325,13 +326,7 @@ def plot_tradeoff(
 
     Parameters
     ----------
-    search : GridSearchCV or RandomizedSearchCV
-        A fitted search that scored ``score`` and ``margin`` (see
-        :func:`sklearn_roll.metrics.margin_scorer`).
-    score : str, default="accuracy"
-        Name of the score in ``scoring``.
-    margin : str, default="margin"
-        Name of the margin scorer in ``scoring``.
+    %(search_parameters)s
     ax : matplotlib Axes or None, default=None
         Where to draw; None creates a new figure.
     annotate : bool, default=True
@@ -343,28 +338,15 @@ def plot_tradeoff(
 
     Examples
     --------
-    >>> from sklearn.datasets import load_iris
-    >>> from sklearn.model_selection import GridSearchCV
-    >>> from sklearn_roll import ROLLClassifier
-    >>> from sklearn_roll.metrics import margin_scorer
-    >>> from sklearn_roll.model_selection import best_margin_within
+    %(fitted_search)s
     >>> from sklearn_roll.plotting import plot_tradeoff
-    >>> X, y = load_iris(return_X_y=True)
-    >>> search = GridSearchCV(
-    ...     ROLLClassifier(hidden_layer_sizes=(16,), max_epochs=5, random_state=0),
-    ...     {"lam": [0.0, 1.0]},
-    ...     cv=2,
-    ...     scoring={"accuracy": "accuracy", "margin": margin_scorer()},
-    ...     refit=best_margin_within(),
-    ... ).fit(X, y)
     >>> ax = plot_tradeoff(search)
     """
-    from .model_selection import _format_value, _frontier, _lam_key, _tradeoff
+    from .model_selection import _format_value, _frontier, _plain, _tradeoff
 
     params, scores, margins, chosen = _tradeoff(search, score, margin, "plot_tradeoff")
     ax = _axes(ax, (5.5, 4))
-    lam = _lam_key(params)
-    plain = np.array([lam is not None and c.get(lam) == 0 for c in params], dtype=bool)
+    plain = _plain(params)
     ax.scatter(margins[~plain], scores[~plain], color="C0", label="ROLL")
     if plain.any():
         ax.scatter(margins[plain], scores[plain], facecolors="none", edgecolors="C0", label="plain")
